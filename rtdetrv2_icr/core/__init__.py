@@ -1,0 +1,7 @@
+"""Config system: YAML files with `__include__`, a component registry and overrides."""
+from .registry import ConfigError, create, get_registered, register, registered_names
+from .yaml_utils import load_config, merge_dict, parse_cli
+from .config import YAMLConfig
+
+__all__ = ["ConfigError", "create", "get_registered", "register", "registered_names",
+           "load_config", "merge_dict", "parse_cli", "YAMLConfig"]

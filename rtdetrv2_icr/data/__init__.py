@@ -1,0 +1,1 @@
+"""Datasets, transforms and collation that keep parent links between objects."""
