@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
@@ -16,6 +17,21 @@ from .registry import ConfigError
 __all__ = ["load_config", "merge_dict", "parse_cli", "INCLUDE_KEY", "SOURCES_KEY"]
 
 INCLUDE_KEY = "__include__"
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-4`` (no dot) as a float, as users expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"""),
+    list("-+0123456789."))
+
+
+def yaml_load(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Loader)
+
 SOURCES_KEY = "__sources__"
 
 
@@ -50,7 +66,7 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"config files are YAML (.yml/.yaml): {path}")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse {path}: {e}") from e
     if data is None:
@@ -106,7 +122,7 @@ def parse_cli(items: Optional[Iterable[str]]) -> dict:
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
         merge_dict(cfg, _dotted_to_dict(key, value))
