@@ -1,1 +1,2 @@
-from . import presnet  # noqa: F401
+"""Backbones (registered on import)."""
+from .presnet import PResNet, PRETRAINED_URLS  # noqa: F401
