@@ -1,0 +1,189 @@
+"""COCO evaluation of a list of detections and the report of SPEC §6.
+
+Pure functions of a ground-truth dict (COCO json layout) and a detection list (COCO result
+layout); `evaluator.py` collects detections during inference and calls these.
+
+Backends: `faster` (faster-coco-eval, C++ accumulation) and `pycocotools`; both give the same
+numbers (checked in tests/test_engine_eval.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["COCO_STAT_NAMES", "run_coco_eval", "per_class_metrics", "pr_curves",
+           "relational_consistency", "report_to_markdown", "write_report", "BACKENDS"]
+
+BACKENDS = ("faster", "pycocotools")
+
+# The 12 numbers of COCOeval.summarize(), in its order.
+COCO_STAT_NAMES = ["AP50:95", "AP50", "AP75", "AP_s", "AP_m", "AP_l",
+                   "AR1", "AR10", "AR100", "AR_s", "AR_m", "AR_l"]
+
+
+def _clean(v: float) -> Optional[float]:
+    """COCO's -1 ("no ground truth here") and NaN become None."""
+    v = float(v)
+    return None if (v < 0 or math.isnan(v)) else v
+
+
+def run_coco_eval(gt: Dict[str, Any], dets: List[Dict[str, Any]], backend: str = "faster",
+                  img_ids: Optional[Sequence[int]] = None):
+    """Evaluate bbox detections; returns the backend's COCOeval object after summarize().
+
+    `img_ids` restricts evaluation to those images (default: all images of `gt`). An empty
+    detection list is valid (all APs 0 where ground truth exists).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown COCO eval backend {backend!r}; choose one of {BACKENDS}")
+    gt = copy.deepcopy(gt)
+    gt.setdefault("info", {})
+    gt.setdefault("licenses", [])
+    dets = [dict(d) for d in dets]
+    if not dets:
+        # Both COCO APIs refuse an empty result list. One zero-score box far outside every image
+        # is a lone false positive: it leaves every AP/AR at 0 (or -1 where there is no GT).
+        some_img = gt["images"][0]["id"] if gt["images"] else 0
+        some_cat = gt["categories"][0]["id"]
+        dets = [{"image_id": some_img, "category_id": some_cat, "bbox": [-1e4, -1e4, 1.0, 1.0], "score": 1e-9}]
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        if backend == "faster":
+            from faster_coco_eval import COCO, COCOeval_faster
+            coco_gt = COCO(gt)
+            coco_dt = coco_gt.loadRes(dets)
+            ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
+        else:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+            coco_gt = COCO()
+            coco_gt.dataset = gt
+            coco_gt.createIndex()
+            coco_dt = coco_gt.loadRes(dets)
+            ev = COCOeval(coco_gt, coco_dt, "bbox")
+        if img_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in img_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def _mean_valid(a: np.ndarray) -> float:
+    a = a[a > -1]
+    return float(a.mean()) if a.size else -1.0
+
+
+def per_class_metrics(ev, cat_names: Dict[int, str]) -> Dict[str, Dict[str, Optional[float]]]:
+    """AP50, AP50:95, AP75, AP_s, AP_m, AP_l and AR(@100) for each category."""
+    p = ev.params
+    prec = np.asarray(ev.eval["precision"])   # [T iou, R recall, K cat, A area, M maxdets]
+    rec = np.asarray(ev.eval["recall"])       # [T, K, A, M]
+    t50 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.5)))
+    t75 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.75)))
+    m = len(p.maxDets) - 1  # the largest maxDets (100)
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for k, cat_id in enumerate(p.catIds):
+        name = cat_names.get(int(cat_id), str(cat_id))
+        out[name] = {
+            "AP50": _clean(_mean_valid(prec[t50, :, k, 0, m])),
+            "AP50:95": _clean(_mean_valid(prec[:, :, k, 0, m])),
+            "AP75": _clean(_mean_valid(prec[t75, :, k, 0, m])),
+            "AP_s": _clean(_mean_valid(prec[:, :, k, 1, m])),
+            "AP_m": _clean(_mean_valid(prec[:, :, k, 2, m])),
+            "AP_l": _clean(_mean_valid(prec[:, :, k, 3, m])),
+            "AR": _clean(_mean_valid(rec[:, k, 0, m])),
+        }
+    return out
+
+
+def pr_curves(ev, cat_names: Dict[int, str]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Per category (recall thresholds, precision) at IoU 0.5, all areas, 100 detections."""
+    p = ev.params
+    prec = np.asarray(ev.eval["precision"])
+    t50 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.5)))
+    rec_thr = np.asarray(p.recThrs, dtype=np.float64)
+    curves = {}
+    for k, cat_id in enumerate(p.catIds):
+        curve = prec[t50, :, k, 0, len(p.maxDets) - 1].astype(np.float64)
+        curves[cat_names.get(int(cat_id), str(cat_id))] = (rec_thr, np.clip(curve, 0.0, 1.0))
+    return curves
+
+
+def _containment(child: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """area(child ∩ parent_j) / area(child) for one xyxy child box against [P, 4] parents."""
+    lt = np.maximum(child[:2], parents[:, :2])
+    rb = np.minimum(child[2:], parents[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=1)
+    area = max(float((child[2] - child[0]) * (child[3] - child[1])), 1e-12)
+    return inter / area
+
+
+def relational_consistency(dets_by_image: Dict[int, Dict[str, np.ndarray]], relations: Sequence[Dict[str, Any]],
+                           score_thr: float = 0.5, containment_thr: float = 0.9) -> Dict[str, Any]:
+    """Share of predicted children (score >= thr) lying >= `containment_thr` inside some
+    predicted parent (score >= thr) of their relation, per relation and over all relations.
+
+    `dets_by_image[img] = {'boxes': [N,4] xyxy, 'scores': [N], 'labels': [N] contiguous}`;
+    `relations` items carry `child`, `parent` (names) and `child_label`, `parent_label`.
+    """
+    out: Dict[str, Any] = {"score_thr": score_thr, "containment_thr": containment_thr, "relations": {}}
+    tot_children = tot_ok = 0
+    for rel in relations:
+        n_children = n_ok = 0
+        for d in dets_by_image.values():
+            keep = d["scores"] >= score_thr
+            children = d["boxes"][keep & (d["labels"] == rel["child_label"])]
+            parents = d["boxes"][keep & (d["labels"] == rel["parent_label"])]
+            n_children += len(children)
+            if len(parents):
+                for c in children:
+                    n_ok += int((_containment(c, parents) >= containment_thr).any())
+        out["relations"][f"{rel['child']}->{rel['parent']}"] = {
+            "children": n_children, "consistent": n_ok,
+            "share": (n_ok / n_children) if n_children else None}
+        tot_children += n_children
+        tot_ok += n_ok
+    out["share"] = (tot_ok / tot_children) if tot_children else None
+    return out
+
+
+# ---- output -------------------------------------------------------------------------------
+def _fmt(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def report_to_markdown(report: Dict[str, Any]) -> str:
+    lines = [f"### COCO bbox evaluation: {report.get('split', '?')} split "
+             f"({report.get('num_images', '?')} images, backend {report.get('backend', '?')})", ""]
+    names = COCO_STAT_NAMES
+    lines.append("| " + " | ".join(names) + " |")
+    lines.append("|" + "---|" * len(names))
+    lines.append("| " + " | ".join(_fmt(report["coco"].get(n)) for n in names) + " |")
+    lines += ["", "| class | AP50 | AP50:95 | AP_s | AP_m | AR |", "|---|---|---|---|---|---|"]
+    for cname, m in report["per_class"].items():
+        lines.append(f"| {cname} | " + " | ".join(_fmt(m.get(k)) for k in ("AP50", "AP50:95", "AP_s", "AP_m", "AR")) + " |")
+    rc = report.get("relational_consistency")
+    if rc and rc.get("relations"):
+        lines += ["", f"Relational consistency (score >= {rc['score_thr']}, inside >= {rc['containment_thr']:.0%}):"]
+        for key, r in rc["relations"].items():
+            lines.append(f"- {key}: {_fmt(r['share'])} ({r['consistent']}/{r['children']} predicted children)")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Dict[str, Any], out_dir: str, stem: str = "metrics") -> Tuple[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    jpath = os.path.join(out_dir, f"{stem}.json")
+    mpath = os.path.join(out_dir, f"{stem}.md")
+    with open(jpath, "w") as f:
+        json.dump(report, f, indent=2)
+    with open(mpath, "w") as f:
+        f.write(report_to_markdown(report))
+    return jpath, mpath

@@ -1,0 +1,170 @@
+"""Console logging with running averages, and a rank-0-only TensorBoard writer.
+
+A console line looks like
+    Epoch [2/24] [ 40/125]  eta 0:03:12  lr 1.00e-04  loss 12.31 (12.90)  loss_vfl 0.61 (0.66) ...
+    time 0.524  data 0.012  mem 812MB
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import resource
+import sys
+import time
+from collections import defaultdict, deque
+from typing import Dict, Iterable, Iterator, Optional
+
+import torch
+
+from . import dist
+
+__all__ = ["get_logger", "SmoothedValue", "MeterBank", "memory_mb", "TBWriter"]
+
+
+def get_logger(name: str = "rtdetrv2_icr") -> logging.Logger:
+    """A logger printing plain lines on rank 0 (warnings and errors on every rank)."""
+    log = logging.getLogger(name)
+    if not getattr(log, "_icr_configured", False):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+        log.propagate = False
+        log._icr_configured = True  # type: ignore[attr-defined]
+    log.setLevel(logging.INFO if dist.is_main_process() else logging.WARNING)
+    return log
+
+
+class SmoothedValue:
+    """Latest value, window median/average and global average of a scalar series."""
+
+    def __init__(self, window: int = 20):
+        self.window: deque = deque(maxlen=window)
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, v: float, n: int = 1) -> None:
+        self.window.append(float(v))
+        self.total += float(v) * n
+        self.count += n
+
+    @property
+    def value(self) -> float:
+        return self.window[-1] if self.window else float("nan")
+
+    @property
+    def avg(self) -> float:
+        return sum(self.window) / len(self.window) if self.window else float("nan")
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    def sync(self) -> None:
+        """Global average over ranks (window stays local)."""
+        t = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
+        dist.all_reduce_sum(t)
+        self.total, self.count = float(t[0]), int(t[1])
+
+
+def memory_mb(device: Optional[torch.device] = None) -> float:
+    """Peak memory: CUDA allocator peak on a GPU, else the process's max resident set size."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+class MeterBank:
+    """A dict of SmoothedValues plus the iteration/data timers of a loop."""
+
+    def __init__(self, window: int = 20):
+        self.meters: Dict[str, SmoothedValue] = defaultdict(lambda: SmoothedValue(window))
+
+    def update(self, **values: float) -> None:
+        for k, v in values.items():
+            self.meters[k].update(float(v))
+
+    def sync(self) -> None:
+        for k in sorted(self.meters):
+            self.meters[k].sync()
+
+    def averages(self) -> Dict[str, float]:
+        return {k: m.global_avg for k, m in self.meters.items()}
+
+    def timed(self, iterable: Iterable, total: int) -> Iterator:
+        """Yield items, recording `data` (waiting for the item) and `time` (whole iteration)."""
+        end = time.perf_counter()
+        for item in iterable:
+            self.meters["data"].update(time.perf_counter() - end)
+            yield item
+            self.meters["time"].update(time.perf_counter() - end)
+            end = time.perf_counter()
+
+    def eta(self, done: int, total: int) -> str:
+        per_iter = self.meters["time"].avg if "time" in self.meters else float("nan")
+        if per_iter != per_iter:  # nan
+            return "?"
+        return str(datetime.timedelta(seconds=int(per_iter * max(total - done, 0))))
+
+    def line(self, keys: Iterable[str]) -> str:
+        parts = []
+        for k in keys:
+            if k in self.meters:
+                m = self.meters[k]
+                parts.append(f"{k} {m.value:.4f} ({m.global_avg:.4f})")
+        return "  ".join(parts)
+
+
+class TBWriter:
+    """SummaryWriter on rank 0; every method is a no-op elsewhere or when disabled."""
+
+    def __init__(self, log_dir: Optional[str], enabled: bool = True):
+        self.writer = None
+        self.log_dir = log_dir
+        if enabled and log_dir and dist.is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
+            os.makedirs(log_dir, exist_ok=True)
+            self.writer = SummaryWriter(log_dir)
+
+    def __bool__(self) -> bool:
+        return self.writer is not None
+
+    def scalar(self, tag: str, value: Optional[float], step: int) -> None:
+        if self.writer is not None and value is not None:
+            self.writer.add_scalar(tag, float(value), step)
+
+    def scalars(self, prefix: str, values: Dict[str, Optional[float]], step: int) -> None:
+        for k, v in values.items():
+            self.scalar(f"{prefix}/{k}", v, step)
+
+    def image(self, tag: str, img: torch.Tensor, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, img, step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def pr_curve(self, tag: str, recall, precision, step: int) -> None:
+        """A PR curve from COCO's interpolated precision at its 101 recall thresholds."""
+        if self.writer is None:
+            return
+        import numpy as np
+        n = len(recall)
+        zeros = np.zeros(n)
+        # the plugin draws (recall, precision); counts are not known after COCO's interpolation
+        self.writer.add_pr_curve_raw(tag, true_positive_counts=zeros, false_positive_counts=zeros,
+                                     true_negative_counts=zeros, false_negative_counts=zeros,
+                                     precision=np.asarray(precision)[::-1].copy(),
+                                     recall=np.asarray(recall)[::-1].copy(), global_step=step,
+                                     num_thresholds=n)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
