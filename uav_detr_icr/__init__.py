@@ -1,0 +1,17 @@
+"""UAV-DETR (arXiv 2501.01855) on the shared RT-DETRv2 parts of `rtdetrv2_icr`.
+
+The model is ``RTDETR(backbone=PResNet, encoder=UAVDETRNeck, decoder=RTDETRTransformerv2)``: the
+backbone, decoder, criterion (with ICR), matcher, data pipeline and engine are imported from
+`rtdetrv2_icr`; this package adds only the neck and its blocks. Importing it registers
+``UAVDETRNeck`` (and, through `rtdetrv2_icr`, everything else) for the configs.
+"""
+import rtdetrv2_icr  # noqa: F401  (registers the shared components first)
+
+from .dysample import DySample
+from .spd import SPDConv, space_to_depth
+from .frequency import FFM, ImprovedFFTKernel, MFFF, FrequencyFocusedDownSampling
+from .calibration import SemanticAlignmentCalibration
+from .neck import AIFI, UAVDETRNeck
+
+__all__ = ["DySample", "SPDConv", "space_to_depth", "FFM", "ImprovedFFTKernel", "MFFF",
+           "FrequencyFocusedDownSampling", "SemanticAlignmentCalibration", "AIFI", "UAVDETRNeck"]
