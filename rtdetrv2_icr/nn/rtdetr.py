@@ -1,0 +1,43 @@
+"""The RT-DETR detector: backbone -> hybrid encoder -> transformer decoder."""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..core.registry import register
+
+__all__ = ["RTDETR"]
+
+
+@register()
+class RTDETR(nn.Module):
+    __inject__ = ["backbone", "encoder", "decoder"]
+
+    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor, targets: Optional[List[Dict]] = None):
+        """images [B, 3, H, W] -> the decoder's output dict (see ``nn/decoder.py``).
+
+        ``targets`` (training only): per image ``labels`` int64 [N] and ``boxes`` cxcywh in [0, 1].
+        """
+        return self.decoder(self.encoder(self.backbone(images)), targets)
+
+    def deploy(self) -> "RTDETR":
+        """Switch to inference with re-parameterised blocks (e.g. RepVGG); returns self.
+
+        A part with its own ``deploy()`` converts itself; for the others, every sub-module that
+        offers ``convert_to_deploy()`` is converted.
+        """
+        self.eval()
+        for part in (self.backbone, self.encoder, self.decoder):
+            if callable(getattr(part, "deploy", None)):
+                part.deploy()
+                continue
+            for m in part.modules():
+                if callable(getattr(m, "convert_to_deploy", None)):
+                    m.convert_to_deploy()
+        return self
