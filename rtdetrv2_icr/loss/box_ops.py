@@ -1,0 +1,91 @@
+"""Box geometry: format conversions, areas, pairwise and paired IoU / GIoU.
+
+Boxes are ``[..., 4]`` tensors, either ``cxcywh`` (centre, size) or ``xyxy`` (corners).
+Every function is differentiable and safe on degenerate input: widths and heights of
+inverted boxes are clamped to 0 and denominators are clamped from below by ``eps``, so
+zero-area or far-apart boxes give finite values and finite gradients. For ordinary boxes
+(all denominators above ``eps``) the results are the textbook formulas exactly.
+
+    pairwise: box_iou(a [N,4], b [M,4]) -> [N,M]      (every a against every b)
+    paired:   paired_box_iou(a [...,4], b [...,4]) -> [...]   (a[i] against b[i])
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_area", "box_iou", "generalized_box_iou",
+    "paired_intersection", "paired_box_iou", "paired_generalized_box_iou",
+]
+
+EPS = 1e-7
+
+
+def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """[..., 4] (cx, cy, w, h) -> [..., 4] (x1, y1, x2, y2)."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """[..., 4] (x1, y1, x2, y2) -> [..., 4] (cx, cy, w, h); inverted boxes keep negative sizes."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
+
+
+def box_area(xyxy: Tensor) -> Tensor:
+    """[..., 4] xyxy -> [...] area, 0 for inverted boxes."""
+    return (xyxy[..., 2] - xyxy[..., 0]).clamp(min=0) * (xyxy[..., 3] - xyxy[..., 1]).clamp(min=0)
+
+
+# ---- pairwise (N x M) ---------------------------------------------------------------------
+
+def box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tuple[Tensor, Tensor]:
+    """IoU of every box of ``a`` [N,4] with every box of ``b`` [M,4] (xyxy).
+
+    Returns (iou [N,M], union [N,M]).
+    """
+    lo = torch.max(a[:, None, :2], b[None, :, :2])          # [N,M,2] intersection top-left
+    hi = torch.min(a[:, None, 2:], b[None, :, 2:])          # [N,M,2] intersection bottom-right
+    wh = (hi - lo).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]                          # [N,M]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return inter / union.clamp(min=eps), union
+
+
+def generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
+    """GIoU [N,M] of xyxy boxes ``a`` [N,4] and ``b`` [M,4]; in [-1, 1]."""
+    iou, union = box_iou(a, b, eps)
+    lo = torch.min(a[:, None, :2], b[None, :, :2])
+    hi = torch.max(a[:, None, 2:], b[None, :, 2:])
+    wh = (hi - lo).clamp(min=0)
+    hull = wh[..., 0] * wh[..., 1]                           # [N,M] smallest enclosing box
+    return iou - (hull - union) / hull.clamp(min=eps)
+
+
+# ---- paired (element-wise) ------------------------------------------------------------------
+
+def paired_intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Area of a[i] ∩ b[i] for xyxy boxes [..., 4] -> [...]."""
+    w = (torch.min(a[..., 2], b[..., 2]) - torch.max(a[..., 0], b[..., 0])).clamp(min=0)
+    h = (torch.min(a[..., 3], b[..., 3]) - torch.max(a[..., 1], b[..., 1])).clamp(min=0)
+    return w * h
+
+
+def paired_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tuple[Tensor, Tensor]:
+    """IoU of a[i] with b[i] (xyxy [..., 4]); returns (iou [...], union [...])."""
+    inter = paired_intersection(a, b)
+    union = box_area(a) + box_area(b) - inter
+    return inter / union.clamp(min=eps), union
+
+
+def paired_generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
+    """GIoU of a[i] with b[i] (xyxy [..., 4]) -> [...]."""
+    iou, union = paired_box_iou(a, b, eps)
+    hw = (torch.max(a[..., 2], b[..., 2]) - torch.min(a[..., 0], b[..., 0])).clamp(min=0)
+    hh = (torch.max(a[..., 3], b[..., 3]) - torch.min(a[..., 1], b[..., 1])).clamp(min=0)
+    hull = hw * hh
+    return iou - (hull - union) / hull.clamp(min=eps)
