@@ -4,6 +4,6 @@ Importing the package registers every component (models, losses, datasets,
 transforms, optimisers) so that configs can name them.
 """
 from . import core  # noqa: F401  (registry first)
-from . import nn, loss, data  # noqa: F401
+from . import nn, loss, data, engine  # noqa: F401
 
 __version__ = "0.1.0"

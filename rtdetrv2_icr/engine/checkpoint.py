@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "to_plain", "rng_state", "set_rng_state",
+__all__ = ["save_atomic", "duplicate_atomic", "load_checkpoint", "to_plain", "rng_state", "set_rng_state",
            "match_state_dict", "extract_model_state"]
 
 _SCALARS = (bool, int, float, str, type(None), bytes)
@@ -62,7 +62,30 @@ def save_atomic(obj: Dict[str, Any], path: str) -> None:
             torch.save(plain, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def duplicate_atomic(src: str, dst: str) -> None:
+    """Make `dst` an atomic copy of the finished file `src`: a hard link where the filesystem
+    allows (no second write; a later replacement of `src` does not touch `dst`), else a copy."""
+    import shutil
+    d = os.path.dirname(os.path.abspath(dst))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=d)
+    os.close(fd)
+    os.remove(tmp)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

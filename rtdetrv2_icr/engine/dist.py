@@ -132,7 +132,7 @@ def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False,
     """DDP-wrap `model` when more than one process trains; otherwise return it unchanged."""
     if get_world_size() == 1:
         return model
-    if sync_bn:
+    if sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernels; plain BN there
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None,

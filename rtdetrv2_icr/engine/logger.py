@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 from collections import defaultdict, deque
-from typing import Dict, Iterable, Iterator, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 
@@ -91,15 +91,6 @@ class MeterBank:
 
     def averages(self) -> Dict[str, float]:
         return {k: m.global_avg for k, m in self.meters.items()}
-
-    def timed(self, iterable: Iterable, total: int) -> Iterator:
-        """Yield items, recording `data` (waiting for the item) and `time` (whole iteration)."""
-        end = time.perf_counter()
-        for item in iterable:
-            self.meters["data"].update(time.perf_counter() - end)
-            yield item
-            self.meters["time"].update(time.perf_counter() - end)
-            end = time.perf_counter()
 
     def eta(self, done: int, total: int) -> str:
         per_iter = self.meters["time"].avg if "time" in self.meters else float("nan")

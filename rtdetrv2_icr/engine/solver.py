@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import dist
-from .checkpoint import (describe_skipped, extract_model_state, load_checkpoint, match_state_dict,
+from .checkpoint import (describe_skipped, duplicate_atomic, extract_model_state, load_checkpoint, match_state_dict,
                          rng_state, save_atomic, set_rng_state)
 from .evaluator import metric_value
 from .logger import MeterBank, TBWriter, get_logger, memory_mb
@@ -151,8 +151,10 @@ class Trainer:
     def save(self, names: List[str]) -> None:
         state = self.state_dict()            # collective (RNG gather): all ranks call it
         if dist.is_main_process():
-            for n in names:
-                save_atomic(state, os.path.join(self.output_dir, n))
+            first = os.path.join(self.output_dir, names[0])
+            save_atomic(state, first)
+            for n in names[1:]:
+                duplicate_atomic(first, os.path.join(self.output_dir, n))
 
     def load_resume(self, path: str) -> None:
         ckpt = load_checkpoint(path)
@@ -240,7 +242,9 @@ class Trainer:
         meters = MeterBank(window=20)
         all_params = [p for p in self.model.parameters() if p.requires_grad] if self.touch_all else []
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (samples, targets) in enumerate(meters.timed(loader, n_iter)):
+        end = time.perf_counter()
+        for i, (samples, targets) in enumerate(loader):
+            data_time = time.perf_counter() - end
             samples = samples.to(self.device, non_blocking=True)
             targets = _targets_to(targets, self.device)
             boundary = (i + 1) % self.grad_accum == 0 or i + 1 == n_iter
@@ -269,6 +273,8 @@ class Trainer:
             self.global_step += 1
             total = float(sum(reduced.values()))
             meters.update(loss=total, **{k: float(v) for k, v in reduced.items()})
+            meters.update(time=time.perf_counter() - end, data=data_time)
+            end = time.perf_counter()
             lrs = current_lrs(self.optimizer)
             if self.writer:
                 w, s = self.writer, self.global_step
@@ -282,10 +288,10 @@ class Trainer:
             if i % self.print_freq == 0 or i + 1 == n_iter:
                 self.log.info(
                     f"Epoch [{epoch}/{self.epochs}] [{i:>{len(str(n_iter))}}/{n_iter}]  "
-                    f"eta {meters.eta(i + 1, n_iter)}  lr {lrs[-1]:.3e}  "
+                    f"eta {meters.eta(i + 1, n_iter * (self.epochs - epoch))}  lr {lrs[-1]:.3e}  "
                     f"{meters.line(['loss'] + sorted(reduced))}  "
-                    f"time {meters.meters['time'].avg if 'time' in meters.meters else float('nan'):.3f}  "
-                    f"data {meters.meters['data'].avg:.3f}  mem {memory_mb(self.device):.0f}MB")
+                    f"time {meters.meters['time'].avg:.3f}  data {meters.meters['data'].avg:.3f}  "
+                    f"mem {memory_mb(self.device):.0f}MB")
         meters.sync()
         return meters.averages()
 
@@ -294,6 +300,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         msg = (f"non-finite loss term(s) {', '.join(f'{k}={float(reduced[k])}' for k in bad)} "
                f"at epoch {epoch} iteration {i} (global step {self.global_step})")
+        self.global_step += 1
         if self.bad_steps > self.max_bad_steps:
             raise NonFiniteLossError(f"{msg}; stopping after {self.bad_steps} bad step(s) "
                                      f"(max_bad_steps={self.max_bad_steps})")
@@ -342,6 +349,9 @@ class Trainer:
                                **{f"train_{k}": v for k, v in train_stats.items()}}
         if report is not None:
             rec.update({f"val_{k}": v for k, v in report["coco"].items()})
+            rec["val_num_images"] = report["num_images"]
+            rec["val_duplicates_dropped"] = report["duplicates_dropped"]
+            rec["val_relational_consistency"] = (report.get("relational_consistency") or {}).get("share")
             rec["val_per_class"] = report["per_class"]
         with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -410,7 +420,8 @@ class Trainer:
         for cname, metrics in report["per_class"].items():
             w.scalars(f"{tag}/{cname}", metrics, step)
         rc = report.get("relational_consistency") or {}
-        w.scalar(f"{tag}/relational_consistency", rc.get("share"), step)
+        w.scalar(f"{tag}/relational_consistency", rc.get("share"), step)   # undefined (skipped) with no children
+        w.scalar(f"{tag}/relational_children", sum(r["children"] for r in rc.get("relations", {}).values()), step)
         for cname, (rec, prec) in evaluator.curves.items():
             w.pr_curve(f"PR_{split}/{cname}", rec, prec, step)
         if vis:

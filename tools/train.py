@@ -1,0 +1,72 @@
+"""Train or evaluate an ICR-DETR / RT-DETRv2 model from a config.
+
+    python tools/train.py -c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml
+    torchrun --nproc_per_node=8 tools/train.py -c configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml --use-amp
+    python tools/train.py -c CONFIG -r output/x/last.pth          # resume
+    python tools/train.py -c CONFIG -t rtdetrv2_r18vd_120e_coco.pth  # fine-tune from a checkpoint
+    python tools/train.py -c CONFIG -r output/x/best.pth --test-only
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
+from rtdetrv2_icr.engine import Trainer, dist  # noqa: E402
+from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", required=True, help="YAML config")
+    p.add_argument("-r", "--resume", help="checkpoint to resume training from (or to evaluate with --test-only)")
+    p.add_argument("-t", "--tuning", help="checkpoint to fine-tune from: loads tensors whose name and shape match")
+    p.add_argument("-d", "--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
+    p.add_argument("--use-amp", action="store_true", default=None, help="mixed precision (config amp_dtype)")
+    p.add_argument("--output-dir", help="checkpoints, logs, metrics")
+    p.add_argument("--summary-dir", help="TensorBoard directory (default <output-dir>/summary)")
+    p.add_argument("--test-only", action="store_true", help="only evaluate on the val split")
+    p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. epoches=12 optimizer.lr=2e-4")
+    p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)  # old launchers
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume and args.tuning:
+        raise SystemExit("give at most one of --resume and --tuning")
+    overrides = parse_cli(args.update)
+    # named options win over -u, and only when given
+    for key in ("resume", "tuning", "device", "seed", "output_dir", "summary_dir"):
+        v = getattr(args, key)
+        if v is not None:
+            overrides[key] = v
+    if args.use_amp:
+        overrides["use_amp"] = True
+    device = dist.init_distributed(overrides.get("device"))
+    overrides["device"] = str(device)
+    try:
+        cfg = YAMLConfig(args.config, **overrides)
+        log = get_logger()
+        seed = cfg.get("seed")
+        if seed is not None:
+            dist.seed_everything(int(seed))
+        log.info(f"config {args.config}; overrides {overrides}")
+        trainer = Trainer(cfg)
+        if args.test_only:
+            trainer.setup_eval()
+            out = os.path.join(trainer.output_dir, "eval_val")
+            trainer.evaluate_split("val", out_dir=out)
+            if dist.is_main_process():
+                log.info(f"metrics written to {out}/metrics.json and metrics.md")
+        else:
+            trainer.fit()
+    finally:
+        dist.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
