@@ -87,6 +87,15 @@ class YAMLConfig:
         from ..engine.dist import pick_device
         return pick_device(self.get("device") or None)
 
+    def _create_section(self, key: str, **kwargs):
+        """Build a `type:` section, ignoring keys set to null: a config that switches e.g.
+        `lr_scheduler.type` from MultiStepLR to FlatCosineLR nulls the inherited `milestones`."""
+        spec = self.yaml_cfg[key]
+        if isinstance(spec, dict):
+            spec = {k: v for k, v in spec.items() if v is not None}
+            return create(spec, self.yaml_cfg, _path=key, **kwargs)
+        return create(spec, self.yaml_cfg, **kwargs)
+
     def _cached(self, key: str, build):
         if key not in self._built:
             self._built[key] = build()
@@ -100,14 +109,14 @@ class YAMLConfig:
             if not isinstance(spec, dict) or "type" not in spec:
                 raise ConfigError(f"config {self.cfg_path or '<dict>'} needs an 'optimizer' section with a type")
             groups = build_param_groups(self.model, spec.get("params"))
-            return create("optimizer", self.yaml_cfg, params=groups)
+            return self._create_section("optimizer", params=groups)
         return self._cached("optimizer", build)
 
     @property
     def lr_scheduler(self):
         if "lr_scheduler" not in self.yaml_cfg or self.yaml_cfg["lr_scheduler"] is None:
             return None
-        return self._cached("lr_scheduler", lambda: create("lr_scheduler", self.yaml_cfg, optimizer=self.optimizer))
+        return self._cached("lr_scheduler", lambda: self._create_section("lr_scheduler", optimizer=self.optimizer))
 
     @property
     def lr_warmup_scheduler(self):
@@ -117,7 +126,7 @@ class YAMLConfig:
             sched = self.lr_scheduler
             if sched is None:
                 raise ConfigError("lr_warmup_scheduler needs an lr_scheduler section")
-            return create("lr_warmup_scheduler", self.yaml_cfg, lr_scheduler=sched)
+            return self._create_section("lr_warmup_scheduler", lr_scheduler=sched)
         return self._cached("lr_warmup_scheduler", build)
 
     @property
@@ -125,7 +134,7 @@ class YAMLConfig:
         """`ModelEMA` of `.model` when `use_ema` (build it after the model reached its device)."""
         if not self.yaml_cfg.get("use_ema", False):
             return None
-        return self._cached("ema", lambda: create("ema", self.yaml_cfg, model=self.model)
+        return self._cached("ema", lambda: self._create_section("ema", model=self.model)
                             if isinstance(self.yaml_cfg.get("ema"), dict)
                             else create("ModelEMA", self.yaml_cfg, model=self.model))
 
