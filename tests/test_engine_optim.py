@@ -170,3 +170,18 @@ def test_tuning_match_lists_skipped():
     assert info["missing"] == ["c"] and info["unexpected"] == ["d"]
     assert info["mismatched"] == ["b: checkpoint (5,) vs model (4,)"]
     assert ck.extract_model_state({"ema": {"module": {"x": torch.ones(1)}}, "model": {"y": torch.ones(1)}}) == {"x": torch.ones(1)}
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_load_checkpoint_refuses_code_but_accepts_upstream_counter(tmp_path):
+    import collections
+    evil, ok = str(tmp_path / "evil.pth"), str(tmp_path / "ok.pth")
+    torch.save({"model": {}, "payload": _RunsCode()}, evil)
+    with pytest.raises(RuntimeError, match="weights_only=True"):
+        ck.load_checkpoint(evil)
+    torch.save({"lr_scheduler": {"milestones": collections.Counter([1000])}, "model": {"w": torch.ones(2)}}, ok)
+    assert ck.load_checkpoint(ok)["lr_scheduler"]["milestones"] == {1000: 1}

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import collections
 import os
 import random
 import tempfile
@@ -95,11 +96,14 @@ def duplicate_atomic(src: str, dst: str) -> None:
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     """Load with `weights_only=True` (a URL is fetched through torch.hub, same restriction)."""
     try:
-        if str(path).startswith(("http://", "https://")):
-            return torch.hub.load_state_dict_from_url(str(path), map_location=map_location, weights_only=True)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # upstream RT-DETRv2 checkpoints keep MultiStepLR's `milestones` as a Counter: a plain
+        # dict subclass, safe to allow; nothing else beyond torch's weights-only set is.
+        with torch.serialization.safe_globals([collections.Counter]):
+            if str(path).startswith(("http://", "https://")):
+                return torch.hub.load_state_dict_from_url(str(path), map_location=map_location, weights_only=True)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"checkpoint not found: {path}")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if isinstance(e, FileNotFoundError):
             raise
