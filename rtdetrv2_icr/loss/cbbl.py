@@ -11,11 +11,27 @@ All functions are pure and work on any leading batch shape ``[..., n+1]``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cbbl_grid", "expected_offset", "two_hot", "cbbl_ce", "cbbl_um", "entropy"]
+__all__ = ["cbbl_grid", "expected_offset", "two_hot", "cbbl_ce", "cbbl_um", "entropy", "CBBLTerms",
+           "CBBL_DEFAULTS", "cbbl_settings"]
+
+
+# One `cbbl` section configures the decoder heads and the criterion (top-level key, shared).
+CBBL_DEFAULTS = {"enabled": False, "alpha": 4.0, "num_bins": 17, "beta": 1.0, "replace_l1": False}
+
+
+def cbbl_settings(cfg: Optional[dict], owner: str) -> dict:
+    """Fill defaults into a ``cbbl`` config dict and reject unknown keys (named for ``owner``)."""
+    cfg = dict(cfg or {})
+    allowed = set(CBBL_DEFAULTS)
+    unknown = set(cfg) - allowed
+    if unknown:
+        raise ValueError(f"{owner}: unknown cbbl key(s) {sorted(unknown)}; known: {sorted(allowed)}")
+    return {**CBBL_DEFAULTS, **cfg}
 
 
 def cbbl_grid(alpha: float = 4.0, num_bins: int = 17, beta: float = 1.0, device=None,
@@ -70,3 +86,43 @@ def cbbl_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def cbbl_um(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Uncertainty matching ``|H(p*) - H(p)|`` per distribution: [..., n+1] -> [...]."""
     return (entropy(target) - entropy(logits.softmax(-1))).abs()
+
+
+class CBBLTerms:
+    """Per matched pair, the C-BBL terms ``cbbl_ce`` and ``cbbl_um`` (mean over the 4 coordinates),
+    added to the criterion's per-box terms before ICR and the weightings, so those apply to them
+    too. Every scored stage must carry ``pred_box_dist`` [B, n, 4, bins] and ``ref_points``
+    [B, n, 4] (the decoder emits both when its ``cbbl.enabled`` is set). With ``replace_l1`` the
+    L1 term is dropped; the IoU-family term always stays on the expected box.
+    """
+
+    def __init__(self, alpha: float = 4.0, num_bins: int = 17, beta: float = 1.0,
+                 replace_l1: bool = False):
+        self.alpha, self.num_bins, self.beta = alpha, num_bins, beta
+        self.replace_l1 = replace_l1
+        self.grid = cbbl_grid(alpha, num_bins, beta)
+
+    def __call__(self, terms, pairs, stages, batch):
+        from ..nn.box_utils import inverse_sigmoid
+        ce, um = [], []
+        grid = self.grid.to(pairs.target_boxes.device)
+        for s, st in enumerate(stages):
+            rows = slice(pairs.bounds[s], pairs.bounds[s + 1])
+            b, q = pairs.batch_idx[rows], pairs.query_idx[rows]
+            if "pred_box_dist" not in st.outputs or "ref_points" not in st.outputs:
+                raise KeyError(f"C-BBL is enabled in the criterion but the {st.kind}{st.suffix} "
+                               "outputs lack 'pred_box_dist'/'ref_points': enable cbbl in the "
+                               "decoder too (top-level `cbbl: {enabled: true}` sets both)")
+            logits = st.outputs["pred_box_dist"][b, q].float()              # [M, 4, bins]
+            if logits.shape[-1] != self.num_bins:
+                raise ValueError(f"C-BBL: the head predicts {logits.shape[-1]} bins, the "
+                                 f"criterion expects num_bins={self.num_bins}")
+            ref = st.outputs["ref_points"][b, q].detach().float()             # [M, 4]
+            delta = inverse_sigmoid(pairs.target_boxes[rows].float()) - inverse_sigmoid(ref)
+            target = two_hot(delta, grid)                                     # [M, 4, bins]
+            ce.append(cbbl_ce(logits, target).mean(-1))
+            um.append(cbbl_um(logits, target).mean(-1))
+        terms = dict(terms, cbbl_ce=torch.cat(ce), cbbl_um=torch.cat(um))
+        if self.replace_l1:
+            terms.pop("l1", None)
+        return terms

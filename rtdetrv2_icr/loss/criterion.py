@@ -11,7 +11,7 @@ One call scores every stage of the model output against the targets:
     1. match every stage; gather the matched pairs of ALL stages into one ``Pairs`` ([ΣM])
     2. classification term (vfl / focal / bce) per stage over its [B,Q,C] logits
     3. per-box terms {'l1': [ΣM], 'iou': [ΣM]} for all stages at once
-       -> ICR penalty -> further box hooks (balanced weightings, C-BBL terms ...)
+       (+ C-BBL terms cbbl_ce / cbbl_um) -> ICR penalty -> box hooks (scale-/IoU-balanced)
        -> per-stage sums / normaliser
     4. × weight_dict; only weighted terms are returned (loss_vfl, loss_bbox, loss_giou,
        loss_bbox_aux_0, loss_giou_dn_3, loss_vfl_enc_0, ...).
@@ -31,6 +31,8 @@ import torchvision
 
 from ..core.registry import register
 from .box_ops import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
+from .balanced import IoUBalanced, ScaleBalanced
+from .cbbl import CBBLTerms, cbbl_settings
 from .icr import ICRPenalty, ICRTargets
 from .iou import iou_family_loss, parse_iou_kind
 
@@ -110,7 +112,7 @@ class RTDETRCriterionv2(nn.Module):
     After each call ``last_icr_stats`` holds the final layer's detached ICR statistics.
     """
 
-    __share__ = ["num_classes", "class_names", "relations"]
+    __share__ = ["num_classes", "class_names", "relations", "cbbl"]
     __inject__ = ["matcher"]
 
     def __init__(self, matcher, weight_dict: Dict[str, float], losses: Sequence[str],
@@ -118,7 +120,8 @@ class RTDETRCriterionv2(nn.Module):
                  boxes_weight_format: Optional[str] = None, share_matched_indices: bool = False,
                  iou_type: str = "giou", inner_ratio: float = 1.25, nwd_constant: float = 12.8,
                  icr: Optional[dict] = None, class_names: Optional[Sequence[str]] = None,
-                 relations: Optional[List[dict]] = None):
+                 relations: Optional[List[dict]] = None, cbbl: Optional[dict] = None,
+                 scale_balanced: Optional[dict] = None, iou_balanced: Optional[dict] = None):
         super().__init__()
         bad = [k for k in losses if k not in LABEL_LOSSES + ("boxes",)]
         if bad:
@@ -149,6 +152,23 @@ class RTDETRCriterionv2(nn.Module):
                                           num_classes=num_classes)
         self.box_hooks: List[BoxHook] = []      # run after ICR, in order
 
+        # C-BBL adds per-box terms before ICR (so icr.terms may name them); the balanced
+        # weightings are hooks after ICR. All three are off unless configured (SPEC §4, §5).
+        cb = cbbl_settings(cbbl, "RTDETRCriterionv2")
+        self.cbbl = CBBLTerms(cb["alpha"], cb["num_bins"], cb["beta"], cb["replace_l1"]) \
+            if cb["enabled"] else None
+        if self.cbbl is not None:
+            for key, default in (("loss_cbbl_ce", 1.0), ("loss_cbbl_um", 1.0)):
+                self.weight_dict.setdefault(key, default)
+        self.scale_balanced = ScaleBalanced(scale_balanced) if scale_balanced else None
+        if self.scale_balanced is not None and self.scale_balanced.enabled:
+            self.box_hooks.append(self.scale_balanced)
+        self.iou_balanced = IoUBalanced(iou_balanced) if iou_balanced else None
+        if self.iou_balanced is not None and not self.iou_balanced.enabled:
+            self.iou_balanced = None
+        if self.iou_balanced is not None:
+            self.box_hooks.append(self.iou_balanced)
+
     # ---- entry point ----------------------------------------------------------------------
     def forward(self, outputs: dict, targets: List[dict], **kwargs) -> Dict[str, torch.Tensor]:
         device = outputs["pred_logits"].device
@@ -158,10 +178,11 @@ class RTDETRCriterionv2(nn.Module):
         stages = self.match_stages(outputs, targets, self._num_boxes(batch, device))
         pairs = self._pairs(stages, batch)
         weight = self._boxes_weight(pairs)                              # [ΣM] or None
-        if "vfl" in self.losses:                                        # VFL's soft targets
-            score = weight if weight is not None else paired_box_iou(
-                box_cxcywh_to_xyxy(pairs.pred_boxes.detach()),
-                box_cxcywh_to_xyxy(pairs.target_boxes), EPS)[0]
+        pair_iou = None                                                 # detached IoU, [ΣM]
+        if "vfl" in self.losses or self.iou_balanced is not None:
+            pair_iou = paired_box_iou(box_cxcywh_to_xyxy(pairs.pred_boxes.detach()),
+                                      box_cxcywh_to_xyxy(pairs.target_boxes), EPS)[0]
+        score = weight if weight is not None else pair_iou              # VFL's soft targets
 
         per_stage: List[Dict[str, torch.Tensor]] = [{} for _ in stages]
         for name in self.losses:
@@ -171,8 +192,9 @@ class RTDETRCriterionv2(nn.Module):
                 continue
             for s, st in enumerate(stages):
                 rows = slice(pairs.bounds[s], pairs.bounds[s + 1])
-                per_stage[s].update(self._label_loss(name, st, pairs, rows, batch,
-                                                     score[rows] if name == "vfl" else None))
+                per_stage[s].update(self._label_loss(
+                    name, st, pairs, rows, batch, score[rows] if name == "vfl" else None,
+                    pair_iou[rows] if pair_iou is not None else None))
 
         losses: Dict[str, torch.Tensor] = {}
         for st, raw in zip(stages, per_stage):
@@ -249,6 +271,8 @@ class RTDETRCriterionv2(nn.Module):
         }
         if weight is not None:
             terms["iou"] = terms["iou"] * weight
+        if self.cbbl is not None:
+            terms = self.cbbl(terms, pairs, stages, batch)
         if self.icr.active:
             terms = self._apply_icr(terms, pairs, stages, batch)
         for hook in self.box_hooks:
@@ -274,9 +298,11 @@ class RTDETRCriterionv2(nn.Module):
         return self.icr.stats() if self.icr.active else {}
 
     def _label_loss(self, name: str, st: Stage, pairs: Pairs, rows: slice, batch: TargetBatch,
-                    iou: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+                    iou: Optional[torch.Tensor], pair_iou: Optional[torch.Tensor] = None
+                    ) -> Dict[str, torch.Tensor]:
         """vfl / focal / bce of one stage over all its B·Q·C logits, summed / the stage norm;
-        ``iou`` [M_s] is the VFL target score of the stage's pairs."""
+        ``iou`` [M_s] is the VFL target score of the stage's pairs, ``pair_iou`` [M_s] their
+        detached IoU (for the IoU-balanced classification weights)."""
         logits = st.outputs["pred_logits"]                              # [B,Q,C]
         self._check_classes(st.outputs, 1 if st.agnostic else self.num_classes, st.kind + st.suffix)
         b, q = pairs.batch_idx[rows], pairs.query_idx[rows]
@@ -289,16 +315,16 @@ class RTDETRCriterionv2(nn.Module):
         if name == "focal":
             loss = torchvision.ops.sigmoid_focal_loss(logits, onehot, self.alpha, self.gamma,
                                                       reduction="none")
-            return {"loss_focal": _reduce(loss, norm)}
-        if name == "bce":
+        elif name == "bce":
             loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-            return {"loss_bce": _reduce(loss, norm)}
-        # varifocal: positives target their IoU, negatives are down-weighted by alpha·p^gamma
-        score = torch.zeros_like(logits)
-        score[b, q, labels] = iou.to(logits.dtype)
-        w = self.alpha * logits.detach().sigmoid().pow(self.gamma) * (1 - onehot) + score
-        loss = F.binary_cross_entropy_with_logits(logits, score, weight=w, reduction="none")
-        return {"loss_vfl": _reduce(loss, norm)}
+        else:  # varifocal: positives target their IoU, negatives down-weighted by alpha·p^gamma
+            score = torch.zeros_like(logits)
+            score[b, q, labels] = iou.to(logits.dtype)
+            w = self.alpha * logits.detach().sigmoid().pow(self.gamma) * (1 - onehot) + score
+            loss = F.binary_cross_entropy_with_logits(logits, score, weight=w, reduction="none")
+        if self.iou_balanced is not None:
+            loss = self.iou_balanced.reweight_positives(loss, b, q, labels, pair_iou)
+        return {f"loss_{name}": _reduce(loss, norm)}
 
     # ---- helpers --------------------------------------------------------------------------
     @staticmethod

@@ -39,6 +39,8 @@ import torch.nn as nn
 from ..core.registry import register
 from .attention import MSDeformableAttention
 from .box_utils import inverse_sigmoid, prior_prob_bias
+from ..loss.cbbl import cbbl_settings
+from .cbbl_head import DistributionBoxHead
 from .denoising import build_denoising_group, check_targets
 
 __all__ = ["RTDETRTransformerv2", "MLP", "TransformerDecoderLayer"]
@@ -130,7 +132,7 @@ class _DecoderStack(nn.Module):
 
 @register()
 class RTDETRTransformerv2(nn.Module):
-    __share__ = ["num_classes", "eval_spatial_size"]
+    __share__ = ["num_classes", "eval_spatial_size", "cbbl"]
 
     def __init__(self,
                  num_classes=80,
@@ -154,8 +156,10 @@ class RTDETRTransformerv2(nn.Module):
                  eps=1e-2,
                  aux_loss=True,
                  cross_attn_method="default",
-                 query_select_method="default"):
+                 query_select_method="default",
+                 cbbl=None):
         super().__init__()
+        self.cbbl = cbbl_settings(cbbl, "RTDETRTransformerv2")
         feat_channels, feat_strides = list(feat_channels), list(feat_strides)
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
             raise ValueError(f"RTDETRTransformerv2: feat_channels {feat_channels} and feat_strides "
@@ -222,7 +226,13 @@ class RTDETRTransformerv2(nn.Module):
 
     # ---------------------------------------------------------------- construction
     def build_box_head(self) -> nn.Module:
-        """One box head: hidden state [.., C] -> offset [.., 4] (inverse-sigmoid units)."""
+        """One box head: hidden state [.., C] -> offset [.., 4] (inverse-sigmoid units).
+
+        With ``cbbl.enabled`` a distribution head (SPEC §4) that also returns its logits as
+        ``pred_box_dist`` [.., 4, num_bins]; otherwise upstream's 3-layer MLP."""
+        if self.cbbl["enabled"]:
+            return DistributionBoxHead(self.hidden_dim, self.cbbl["num_bins"], self.cbbl["alpha"],
+                                       self.cbbl["beta"])
         return MLP(self.hidden_dim, self.hidden_dim, 4, 3)
 
     def _input_projections(self, feat_channels: List[int]) -> nn.ModuleList:
