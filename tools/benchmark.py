@@ -24,10 +24,7 @@ import torch  # noqa: E402
 import rtdetrv2_icr  # noqa: E402,F401  (registers components)
 from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
 
-try:  # UAV-DETR registers its neck when present
-    import uav_detr_icr  # noqa: F401
-except ImportError:  # pragma: no cover - only before the package exists
-    pass
+import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck)
 
 
 def random_targets(batch: int, num_pairs: int, generator: torch.Generator, device):

@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr comes with it)
 from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
 from rtdetrv2_icr.engine import Trainer, dist  # noqa: E402
 from rtdetrv2_icr.engine.checkpoint import extract_model_state, load_checkpoint  # noqa: E402
