@@ -235,3 +235,16 @@ def test_tuning_loads_matching_tensors_and_lists_skipped(tmp_path, data, caplog)
     some = next(k for k in own if own[k].is_floating_point() and k not in wrong)
     assert torch.equal(own[some], fresh[some] + 1)
     assert torch.equal(own[wrong[0]], fresh[wrong[0]])
+
+
+def test_gradient_accumulation_steps_every_n_batches(tmp_path, data):
+    cfg = write_config(tmp_path, data, str(tmp_path / "out"),
+                       extra="grad_accum_steps: 2\n")
+    dist.seed_everything(0)
+    tr = Trainer(YAMLConfig(cfg, device="cpu", train_dataloader={"total_batch_size": 1, "dataset": {"transforms": {"ops": [
+        {"type": "Resize", "size": [SIZE, SIZE]}, {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
+        {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}]}}}))
+    tr.setup_train()
+    tr.train_one_epoch(0)                         # 4 batches of 1 image -> 2 optimiser steps
+    assert tr.global_step == 4 and tr.ema.updates == 2 and tr.lr_warmup.last_step == 2
+    assert all(len(s) > 0 for s in tr.optimizer.state.values())
