@@ -117,15 +117,25 @@ def test_scale_balanced_matches_formula_on_the_criterion():
 def test_iou_balanced_keeps_every_total_but_changes_gradients():
     model, base = build()
     out, _ = run(model, base)
+    # final-layer predictions: the three objects of image 0, each shifted by a different amount
+    # (so the matched pairs have different IoUs), the other queries far away in a corner
+    boxes = torch.tensor([0.95, 0.95, 0.02, 0.02]).repeat(2, 30, 1)
+    boxes[0, :3] = targets()[0]["boxes"] + torch.tensor([[0.01, 0, 0, 0], [0.06, 0.03, 0, 0],
+                                                         [0.10, 0.08, 0.02, 0]])
+    boxes.requires_grad_(True)
+    out = dict(out, pred_boxes=boxes)
     _, iob = build(RTDETRCriterionv2={"iou_balanced": {"enabled": True, "loc_lambda": 1.5,
                                                         "cls_eta": 1.5}})
     a, b = base(out, targets()), iob(out, targets())
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
-    ga = torch.autograd.grad(a["loss_bbox"], out["pred_boxes"], retain_graph=True)[0]
-    gb = torch.autograd.grad(b["loss_bbox"], out["pred_boxes"], retain_graph=True)[0]
-    assert not torch.allclose(ga, gb)
+    ga = torch.autograd.grad(a["loss_bbox"], boxes, retain_graph=True)[0]
+    gb = torch.autograd.grad(b["loss_bbox"], boxes, retain_graph=True)[0]
+    assert not torch.allclose(ga[0, :3], gb[0, :3])
+    # the best-localised pair gains weight, the worst loses it
+    ratio = gb[0, :3].abs().sum(-1) / ga[0, :3].abs().sum(-1)
+    assert ratio[0] > 1 > ratio[2]
 
 
 COMBOS = {
