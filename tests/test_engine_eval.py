@@ -155,3 +155,14 @@ def test_markdown_has_twelve_numbers():
 def test_run_coco_eval_rejects_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         run_coco_eval(make_gt(1), [], backend="nope")
+
+
+def test_target_boxes_to_pixels_for_drawing():
+    from torchvision import tv_tensors
+    from rtdetrv2_icr.engine.visualize import draw_boxes, target_boxes_xyxy
+    px = tv_tensors.BoundingBoxes(torch.tensor([[10., 20., 30., 60.]]), format="XYXY", canvas_size=(100, 50))
+    assert target_boxes_xyxy(px, 200, 100).tolist() == [[20., 40., 60., 120.]]      # canvas 100x50 -> 200x100
+    norm = torch.tensor([[0.5, 0.5, 0.2, 0.4]])                                        # cxcywh, normalised
+    assert target_boxes_xyxy(norm, 100, 200)[0].tolist() == pytest.approx([80., 30., 120., 70.])
+    img = draw_boxes(torch.zeros(3, 100, 200), target_boxes_xyxy(norm, 100, 200), torch.tensor([1]))
+    assert img.dtype == torch.uint8 and img[:, 30, 80:121].sum() > 0 and img[:, 50, 100].sum() == 0

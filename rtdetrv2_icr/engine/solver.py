@@ -27,7 +27,7 @@ from .checkpoint import (describe_skipped, duplicate_atomic, extract_model_state
 from .evaluator import metric_value
 from .logger import MeterBank, TBWriter, get_logger, memory_mb
 from .optim import current_lrs, load_scheduler_state, plain_scheduler_state
-from .visualize import gt_vs_pred_grid
+from .visualize import gt_vs_pred_grid, target_boxes_xyxy
 
 __all__ = ["Trainer", "NonFiniteLossError", "default_collate_fn"]
 
@@ -72,7 +72,7 @@ class Trainer:
         self.best_metric = str(g("best_metric", "AP50:95"))
         self.icr_log_freq = int(g("icr_log_freq", 10) or 10)
         self.vis_images = int(g("vis_images", 4) or 0)
-        self.vis_score = float(g("vis_score_thr", 0.3))
+        self.vis_score = float(g("vis_score_thr", 0.5))
         self.sched_interval = str(g("lr_scheduler_interval", "epoch"))
         if self.sched_interval not in ("epoch", "iter"):
             raise ValueError(f"lr_scheduler_interval must be 'epoch' or 'iter', got {self.sched_interval!r}")
@@ -398,13 +398,9 @@ class Trainer:
         size = torch.tensor([[w, h]], device=samples.device).repeat(samples.shape[0], 1)
         preds = self.postprocessor(outputs, size)
         items = []
-        scale = torch.tensor([w, h, w, h], device=samples.device, dtype=torch.float32)
         cat_to_label = getattr(evaluator, "category_to_label", {})
         for k in range(min(n, samples.shape[0])):
-            b = targets[k]["boxes"].float()
-            cx, cy, bw, bh = b.unbind(-1) if b.numel() else (b[:, 0],) * 4
-            gt_xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * scale \
-                if b.numel() else b.reshape(0, 4)
+            gt_xyxy = target_boxes_xyxy(targets[k]["boxes"], h, w)
             labels = preds[k]["labels"]
             if evaluator.labels_are_category_ids:
                 labels = torch.tensor([cat_to_label.get(int(c), -1) for c in labels.tolist()], dtype=torch.long)

@@ -4,9 +4,11 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-__all__ = ["PALETTE", "class_colour", "draw_boxes", "gt_vs_pred_grid"]
+__all__ = ["PALETTE", "class_colour", "draw_boxes", "gt_vs_pred_grid", "target_boxes_xyxy"]
 
 # class 0 (plate) yellow, class 1 (vehicle) cyan, then further well-separated colours
 PALETTE = ["#ffd400", "#00c8ff", "#ff3b30", "#34c759", "#af52de", "#ff9500", "#5856d6", "#ff2d55"]
@@ -14,6 +16,22 @@ PALETTE = ["#ffd400", "#00c8ff", "#ff3b30", "#34c759", "#af52de", "#ff9500", "#5
 
 def class_colour(label: int) -> str:
     return PALETTE[int(label) % len(PALETTE)]
+
+
+def target_boxes_xyxy(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Target boxes as xyxy pixels of a (height, width) network input. `tv_tensors.BoundingBoxes`
+    (val transforms usually stop there) carry their format and canvas; plain tensors are the
+    normalised cxcywh that `ConvertBoxes(normalize=True)` produces."""
+    if boxes.numel() == 0:
+        return boxes.new_zeros((0, 4), dtype=torch.float32)
+    if isinstance(boxes, tv_tensors.BoundingBoxes):
+        ch, cw = boxes.canvas_size
+        fmt = boxes.format.name.lower()
+        xyxy = box_convert(boxes.as_subclass(torch.Tensor).float(), fmt, "xyxy")
+        scale = torch.tensor([width / cw, height / ch, width / cw, height / ch], device=xyxy.device)
+        return xyxy * scale
+    xyxy = box_convert(boxes.float(), "cxcywh", "xyxy")
+    return xyxy * torch.tensor([width, height, width, height], device=xyxy.device, dtype=torch.float32)
 
 
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
