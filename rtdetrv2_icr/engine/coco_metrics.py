@@ -17,6 +17,9 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+
+from ..data.pairing import containment
 
 __all__ = ["COCO_STAT_NAMES", "run_coco_eval", "per_class_metrics", "pr_curves",
            "relational_consistency", "report_to_markdown", "write_report", "BACKENDS"]
@@ -117,15 +120,6 @@ def pr_curves(ev, cat_names: Dict[int, str]) -> Dict[str, Tuple[np.ndarray, np.n
     return curves
 
 
-def _containment(child: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """area(child ∩ parent_j) / area(child) for one xyxy child box against [P, 4] parents."""
-    lt = np.maximum(child[:2], parents[:, :2])
-    rb = np.minimum(child[2:], parents[:, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=1)
-    area = max(float((child[2] - child[0]) * (child[3] - child[1])), 1e-12)
-    return inter / area
-
-
 def relational_consistency(dets_by_image: Dict[int, Dict[str, np.ndarray]], relations: Sequence[Dict[str, Any]],
                            score_thr: float = 0.5, containment_thr: float = 0.9) -> Dict[str, Any]:
     """Share of predicted children (score >= thr) lying >= `containment_thr` inside some
@@ -143,9 +137,10 @@ def relational_consistency(dets_by_image: Dict[int, Dict[str, np.ndarray]], rela
             children = d["boxes"][keep & (d["labels"] == rel["child_label"])]
             parents = d["boxes"][keep & (d["labels"] == rel["parent_label"])]
             n_children += len(children)
-            if len(parents):
-                for c in children:
-                    n_ok += int((_containment(c, parents) >= containment_thr).any())
+            if len(parents) and len(children):
+                inside = containment(torch.as_tensor(children, dtype=torch.float64),
+                                     torch.as_tensor(parents, dtype=torch.float64))     # [C, P]
+                n_ok += int((inside >= containment_thr).any(1).sum())
         out["relations"][f"{rel['child']}->{rel['parent']}"] = {
             "children": n_children, "consistent": n_ok,
             "share": (n_ok / n_children) if n_children else None}
