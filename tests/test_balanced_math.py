@@ -1,4 +1,4 @@
-"""Scale-balanced and IoU-balanced weights (SPEC §5) on hand-made cases."""
+"""Scale-balanced and IoU-balanced weights (docs/losses.md) on hand-made cases."""
 import math
 
 import pytest

@@ -2,7 +2,7 @@
 import torch
 import torchvision
 
-from rtdetrv2_icr.loss.box_ops import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh,
+from rtdetrv2_icr.ops.boxes import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh,
                                        generalized_box_iou, paired_box_iou,
                                        paired_generalized_box_iou, paired_intersection)
 

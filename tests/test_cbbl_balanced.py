@@ -103,9 +103,9 @@ def test_scale_balanced_matches_formula_on_the_criterion():
     out, _ = run(model, base)
     _, scb = build(RTDETRCriterionv2={"scale_balanced": {"enabled": True, "normalize": False}})
     a, b = base(out, targets()), scb(out, targets())
-    w = scb.scale_balanced.last_weights                                # [3] for the 3 targets
+    w = scb.last_scale_weights                                # [3] for the 3 targets
     counts = torch.tensor([1, 1, 1])                                   # recompute M_g by hand
-    from rtdetrv2_icr.loss.box_ops import box_cxcywh_to_xyxy, box_iou
+    from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, box_iou
     props = box_cxcywh_to_xyxy(out["enc_aux_outputs"][0]["pred_boxes"][0].detach())
     iou = box_iou(props, box_cxcywh_to_xyxy(targets()[0]["boxes"]))[0]
     counts = (iou >= 0.5).sum(0).clamp_min(1)

@@ -1,10 +1,11 @@
-"""C-BBL grid, two-hot targets and losses (SPEC §4) on hand-made cases."""
+"""C-BBL grid, two-hot targets and losses (docs/losses.md) on hand-made cases."""
 import math
 
 import pytest
 import torch
 
-from rtdetrv2_icr.loss.cbbl import cbbl_ce, cbbl_grid, cbbl_um, entropy, expected_offset, two_hot
+from rtdetrv2_icr.loss.cbbl import cbbl_ce, cbbl_um, entropy
+from rtdetrv2_icr.ops.cbbl_grid import cbbl_grid, expected_offset, two_hot
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.0])

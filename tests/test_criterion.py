@@ -5,9 +5,10 @@ import torch.nn.functional as F
 
 from rtdetrv2_icr.core.registry import ConfigError, create
 from rtdetrv2_icr.loss import iou_family_loss
-from rtdetrv2_icr.loss.box_ops import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 from rtdetrv2_icr.loss.criterion import RTDETRCriterionv2
 from rtdetrv2_icr.loss.matcher import HungarianMatcher
+from rtdetrv2_icr.loss.pairs import dn_indices
 
 MW = {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}
 WD = {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}
@@ -152,7 +153,7 @@ def test_some_images_without_targets_and_gradients_reach_every_stage():
 
 def test_denoising_indices_and_normaliser():
     out, tg = make_outputs(sizes=(3, 1), groups=2)
-    idx = RTDETRCriterionv2.dn_indices(out["dn_meta"], tg)
+    idx = dn_indices(out["dn_meta"], tg)
     assert idx[0][1].tolist() == [0, 1, 2, 0, 1, 2] and idx[1][1].tolist() == [0, 0]
     assert idx[0][0].tolist() == [0, 1, 2, 6, 7, 8]
     losses = make_crit()(out, tg)
@@ -161,7 +162,7 @@ def test_denoising_indices_and_normaliser():
     assert losses["loss_bbox_dn_0"].item() == pytest.approx(5 * l1.item() / (4 * 2), rel=1e-5)
     bad = dict(out["dn_meta"], dn_num_group=3)
     with pytest.raises(ValueError, match="denoising"):
-        RTDETRCriterionv2.dn_indices(bad, tg)
+        dn_indices(bad, tg)
 
 
 def test_class_agnostic_encoder_proposals():

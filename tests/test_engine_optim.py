@@ -119,12 +119,17 @@ def test_config_builds_optimizer_scheduler_warmup_ema(tmp_path):
         "lr_scheduler": {"type": "MultiStepLR", "milestones": [3], "gamma": 0.1},
         "lr_warmup_scheduler": {"type": "LinearWarmup", "warmup_duration": 10},
         "use_amp": True, "amp_dtype": "float16", "device": "cpu"})
-    opt = cfg.optimizer
+    from rtdetrv2_icr.engine import builders
+    device = torch.device("cpu")
+    opt = builders.build_optimizer(cfg, cfg.model)
     assert [pg["lr"] for pg in opt.param_groups] == pytest.approx([1e-4, 1e-3])
-    assert cfg.lr_warmup_scheduler.target_lrs == pytest.approx([1e-4, 1e-3])
+    warmup = builders.build_lr_warmup(cfg, builders.build_lr_scheduler(cfg, opt))
+    assert warmup.target_lrs == pytest.approx([1e-4, 1e-3])
     assert [pg["lr"] for pg in opt.param_groups] == pytest.approx([1e-5, 1e-4])   # warm-up step 0 of 10
-    assert isinstance(cfg.ema, ModelEMA) and cfg.ema.warmups == 5
-    assert cfg.amp_dtype == torch.bfloat16 and cfg.scaler is None     # CPU: bf16, no GradScaler
+    ema = builders.build_ema(cfg, cfg.model)
+    amp = builders.amp_dtype(cfg, device)
+    assert isinstance(ema, ModelEMA) and ema.warmups == 5
+    assert amp == torch.bfloat16 and builders.build_scaler(cfg, device, amp) is None     # CPU: bf16, no GradScaler
 
 
 def test_atomic_save_and_weights_only(tmp_path, monkeypatch):

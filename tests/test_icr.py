@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from rtdetrv2_icr.loss.box_ops import box_cxcywh_to_xyxy
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy
 from rtdetrv2_icr.loss.criterion import RTDETRCriterionv2
-from rtdetrv2_icr.loss.icr import ICRPenalty, containment, icr_factor, resolve_relations
+from rtdetrv2_icr.core.relations import resolve_relations
+from rtdetrv2_icr.loss.icr import ICRPenalty, ICRSettings, icr_factor
+from rtdetrv2_icr.ops.boxes import containment
 from rtdetrv2_icr.loss.matcher import HungarianMatcher
 
 MW = {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}
@@ -281,9 +283,8 @@ def test_target_errors():
 
 
 def test_penalty_module_directly():
-    icr = ICRPenalty(lam=1.0, relations={0: 1})
-    prep = icr.prepare([{"labels": torch.tensor([0, 1]), "parent_idx": torch.tensor([1, -1])}],
-                       torch.tensor([0, 1]), torch.tensor([PLATE, VEHICLE]))
+    icr = ICRPenalty(ICRSettings(lam=1.0), relations={0: 1})
+    prep = icr.prepare(torch.tensor([0, 1]), torch.tensor([PLATE, VEHICLE]), torch.tensor([1, -1]))
     assert prep.is_child.tolist() == [True, False]
     terms = {"iou": torch.ones(2), "l1": torch.full((2,), 2.0)}
     pred = torch.tensor([HALF_OUT, [0.9, 0.9, 0.1, 0.1]])

@@ -56,7 +56,7 @@ def test_inner_forms_hand_values():
 
 
 def test_cxcywh_input_equals_xyxy_input():
-    from rtdetrv2_icr.loss.box_ops import box_xyxy_to_cxcywh
+    from rtdetrv2_icr.ops.boxes import box_xyxy_to_cxcywh
     for kind in BASE_KINDS:
         a = iou_family_loss(box_xyxy_to_cxcywh(WIDE), box_xyxy_to_cxcywh(SQ), kind)
         assert torch.allclose(a, iou_family_loss(WIDE, SQ, kind, box_format="xyxy"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rtdetrv2_icr.core.registry import create
-from rtdetrv2_icr.loss.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 from rtdetrv2_icr.loss.matcher import HungarianMatcher
 
 W = {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}

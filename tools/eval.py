@@ -1,5 +1,5 @@
 """Evaluate a checkpoint on the val or test split with the COCO protocol and the report of
-SPEC §6 (12 COCO numbers, per-class AP50 / AP50:95 / AP_s / AP_m / AR, relational consistency).
+docs/evaluation.md (12 COCO numbers, per-class AP50 / AP50:95 / AP_s / AP_m / AR, relational consistency).
 
     python tools/eval.py -c CONFIG -r output/x/best.pth --split test --out output/x/test_eval
     torchrun --nproc_per_node=4 tools/eval.py -c CONFIG -r best.pth --split test --backend pycocotools

@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Optional
 
+from .settings import did_you_mean
+
 __all__ = ["register", "create", "get_registered", "registered_names", "ConfigError"]
 
 _REGISTRY: Dict[str, Callable] = {}
@@ -42,9 +44,7 @@ def register(obj: Optional[Callable] = None, *, name: Optional[str] = None, forc
 
 def get_registered(name: str) -> Callable:
     if name not in _REGISTRY:
-        close = [k for k in _REGISTRY if k.lower() == name.lower()]
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown component {name!r}{hint} "
+        raise ConfigError(f"unknown component {name!r}{did_you_mean(name, _REGISTRY)} "
                           f"(registered: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
 
@@ -108,8 +108,8 @@ def create(name_or_spec: Any, cfg: Optional[dict] = None, _path: Optional[str] =
     for k, v in spec.items():
         if k not in names and not var_kw:
             raise ConfigError(
-                f"unknown key {k!r} in section {path!r} for {type_name}{_where(cfg, path + '.' + k)}; "
-                f"accepted keys: {', '.join(names)}")
+                f"unknown key {k!r} in section {path!r} for {type_name}{_where(cfg, path + '.' + k)}"
+                f"{did_you_mean(k, names)}; accepted keys: {', '.join(names)}")
         args[k] = v
     for k in inject:
         v = args.get(k)

@@ -1,12 +1,12 @@
-"""Datasets, transforms and collation that keep parent links between objects (SPEC §2).
+"""Datasets, transforms and collation that keep parent links between objects (docs/data.md).
 
 Importing this package registers `CocoDetection`, the transforms (`Compose`, ...) and
 `BatchImageCollateFunction` with the config registry.
 """
 from .annotations import (CocoIndex, ImageRecord, InvalidAnnotationError, load_coco_json,
                           MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category)
-from .pairing import (best_parents, containment, parent_idx_is_consistent, remap_parent_idx,
-                      resolve_relations)
+from .pairing import (best_parents, containment, parent_idx_is_consistent, parents_by_label,
+                      remap_parent_idx)
 from .transforms import (Compose, ConvertBoxes, ConvertPILImage, Normalize, RandomCrop,
                          RandomHorizontalFlip, RandomIoUCrop, RandomPhotometricDistort,
                          RandomZoomOut, Resize, SanitizeBoundingBoxes)

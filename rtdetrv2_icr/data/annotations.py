@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .pairing import best_parents, resolve_relations
+from ..core.mscoco import MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category
+from .pairing import best_parents, parents_by_label
 
 __all__ = ["CocoIndex", "ImageRecord", "load_coco_json", "InvalidAnnotationError",
            "MSCOCO_CATEGORIES", "mscoco_category_to_label", "mscoco_label_to_category"]
@@ -28,21 +29,6 @@ class InvalidAnnotationError(ValueError):
     """A dataset file that cannot be used as it is."""
 
 
-# The 80 COCO-2017 detection categories: (category id, name). Ids have gaps (12, 26, ...).
-_MSCOCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
-_MSCOCO_NAMES = [n.strip() for n in (
-    "person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, "
-    "fire hydrant, stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, "
-    "bear, zebra, giraffe, backpack, umbrella, handbag, tie, suitcase, frisbee, skis, snowboard, "
-    "sports ball, kite, baseball bat, baseball glove, skateboard, surfboard, tennis racket, bottle, "
-    "wine glass, cup, fork, knife, spoon, bowl, banana, apple, sandwich, orange, broccoli, carrot, "
-    "hot dog, pizza, donut, cake, chair, couch, potted plant, bed, dining table, toilet, tv, laptop, "
-    "mouse, remote, keyboard, cell phone, microwave, oven, toaster, sink, refrigerator, book, clock, "
-    "vase, scissors, teddy bear, hair drier, toothbrush").split(",")]
-MSCOCO_CATEGORIES: Dict[int, str] = dict(zip(_MSCOCO_IDS, _MSCOCO_NAMES))
-mscoco_category_to_label: Dict[int, int] = {c: i for i, c in enumerate(_MSCOCO_IDS)}
-mscoco_label_to_category: Dict[int, int] = {i: c for c, i in mscoco_category_to_label.items()}
-assert len(MSCOCO_CATEGORIES) == 80 and len(_MSCOCO_NAMES) == 80
 
 
 @dataclass
@@ -155,6 +141,145 @@ def _box_problem(bbox, width: int, height: int, tol: float):
     return None
 
 
+class _Context:
+    """What every phase of `load_coco_json` needs: the file, its class mapping, the relations,
+    and the problem collector."""
+
+    def __init__(self, ann_file, names, c2l, parent_of, problem):
+        self.ann_file, self.names, self.c2l = ann_file, names, c2l
+        self.parent_of, self.problem = parent_of, problem
+
+
+def _usable_images(data: dict, img_folder: Optional[str], ctx: _Context) -> Dict[int, dict]:
+    """Phase 1: image entries by id (entries whose file is missing are problems)."""
+    images: Dict[int, dict] = {}
+    for im in data["images"]:
+        if not isinstance(im, dict) or not {"id", "file_name", "width", "height"} <= set(im):
+            raise InvalidAnnotationError(
+                f"{ctx.ann_file}: image entry {im!r} needs id, file_name, width and height")
+        if im["id"] in images:
+            raise InvalidAnnotationError(f"{ctx.ann_file}: image id {im['id']} appears twice")
+        if img_folder is not None and not os.path.isfile(os.path.join(img_folder, im["file_name"])):
+            ctx.problem("image_missing", f"image id {im['id']}: file "
+                        f"{os.path.join(img_folder, im['file_name'])} does not exist")
+            continue
+        images[im["id"]] = im
+    return images
+
+
+def _usable_annotations(data: dict, images: Dict[int, dict], ctx: _Context,
+                        box_tolerance: float) -> Dict[int, dict]:
+    """Phase 2: annotation id -> annotation with its bbox clipped to the image (crowd included)."""
+    seen_ids = set()
+    kept: Dict[int, dict] = {}
+    missing_images = {im["id"] for im in data["images"]} - set(images)
+    for a in data["annotations"]:
+        if not isinstance(a, dict) or "id" not in a:
+            raise InvalidAnnotationError(f"{ctx.ann_file}: annotation {a!r} has no id")
+        aid = a["id"]
+        if aid in seen_ids:
+            raise InvalidAnnotationError(f"{ctx.ann_file}: annotation id {aid} appears twice")
+        seen_ids.add(aid)
+        im = images.get(a.get("image_id"))
+        if im is None:
+            if a.get("image_id") not in missing_images:      # else its image was skipped (counted)
+                ctx.problem("no_image", f"annotation id {aid}: image_id {a.get('image_id')!r} is "
+                            f"not an image")
+            continue
+        where = f"annotation id {aid} (image id {im['id']}, {im['file_name']})"
+        if a.get("category_id") not in ctx.c2l:
+            ctx.problem("unknown_category", f"{where}: category_id {a.get('category_id')!r} is "
+                        f"not one of the configured classes {ctx.names} (category ids "
+                        f"{sorted(ctx.c2l)})")
+            continue
+        bad = _box_problem(a.get("bbox"), im["width"], im["height"], box_tolerance)
+        if bad:
+            ctx.problem(bad[0], f"{where}: {bad[1]}")
+            continue
+        x, y, w, h = (float(v) for v in a["bbox"])
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, float(im["width"])), min(y + h, float(im["height"]))
+        if x1 - x0 <= 0 or y1 - y0 <= 0:
+            ctx.problem("box_outside", f"{where}: bbox {a['bbox']} has no area inside the image")
+            continue
+        kept[aid] = dict(a, bbox=[x0, y0, x1 - x0, y1 - y0])
+    return kept
+
+
+def _explicit_links(data: dict, images: Dict[int, dict], kept: Dict[int, dict], ctx: _Context):
+    """Phase 3: child annotation id -> parent annotation id, or -1 (explicit orphan or a bad
+    link), for every ``parent_id`` on a child class; and the number of ``parent_id`` keys on
+    classes that are nobody's child (ignored)."""
+    original = {a["id"]: a for a in data["annotations"]}
+    link: Dict[int, int] = {}
+    ignored = 0
+    for aid, a in kept.items():
+        pid = a.get("parent_id")
+        if pid is None:
+            continue
+        label = ctx.c2l[a["category_id"]]
+        if ctx.parent_of[label] < 0:
+            ignored += 1                # class has no parent class in the configured relations
+            continue
+        link[aid] = -1
+        if pid == -1:
+            continue
+        where = f"annotation id {aid} (image id {a['image_id']}, {images[a['image_id']]['file_name']})"
+        parent = kept.get(pid)
+        want = ctx.names[ctx.parent_of[label]]
+        if pid not in original:
+            ctx.problem("parent_missing", f"{where}: parent_id {pid} is not an annotation of the file")
+        elif parent is None:
+            ctx.problem("parent_skipped", f"{where}: parent_id {pid} points at an invalid annotation")
+        elif parent["image_id"] != a["image_id"]:
+            ctx.problem("parent_other_image", f"{where}: parent_id {pid} belongs to another image "
+                        f"(image id {parent['image_id']})")
+        elif ctx.names[ctx.c2l[parent["category_id"]]] != want or parent.get("iscrowd", 0):
+            got = ctx.names[ctx.c2l[parent["category_id"]]]
+            ctx.problem("parent_wrong_class", f"{where}: parent_id {pid} is a {got!r}"
+                        f"{' crowd region' if parent.get('iscrowd', 0) else ''}, but the parent of "
+                        f"{ctx.names[label]!r} must be a {want!r}")
+        else:
+            link[aid] = pid
+    return link, ignored
+
+
+def _image_records(images: Dict[int, dict], kept: Dict[int, dict], link: Dict[int, int],
+                   ctx: _Context, min_containment: float):
+    """Phase 4: one `ImageRecord` per image (non-crowd objects, parents resolved: explicit links
+    first, the others inferred by containment); and the numbers of explicit and inferred pairs."""
+    per_image: Dict[int, List[dict]] = {i: [] for i in images}
+    for a in kept.values():
+        if not a.get("iscrowd", 0):
+            per_image[a["image_id"]].append(a)
+    records, n_explicit, n_inferred = [], 0, 0
+    for image_id, im in images.items():
+        anns = per_image[image_id]
+        pos = {a["id"]: k for k, a in enumerate(anns)}
+        labels = [ctx.c2l[a["category_id"]] for a in anns]
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                           a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float32).reshape(-1, 4)
+        parent = [pos.get(link[a["id"]], -1) if a["id"] in link else -1 for a in anns]
+        need = [a["id"] not in link and ctx.parent_of[lab] >= 0 for a, lab in zip(anns, labels)]
+        n_explicit += sum(p >= 0 for p in parent)
+        if any(need):
+            inferred = best_parents(torch.from_numpy(boxes), labels, ctx.parent_of,
+                                    min_containment, candidates=need)
+            for k in range(len(anns)):
+                if need[k] and inferred[k] >= 0:
+                    parent[k] = inferred[k]
+                    n_inferred += 1
+        records.append(ImageRecord(
+            image_id=image_id, file_name=im["file_name"], width=int(im["width"]),
+            height=int(im["height"]), boxes=boxes,
+            labels=np.array(labels, dtype=np.int64),
+            area=np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float32),
+            iscrowd=np.zeros(len(anns), dtype=np.int64),
+            parent_idx=np.array(parent, dtype=np.int64),
+            ann_ids=np.array([a["id"] for a in anns], dtype=np.int64)))
+    return records, n_explicit, n_inferred
+
+
 def load_coco_json(ann_file: str, img_folder: Optional[str] = None,
                    class_names: Optional[Sequence[str]] = None,
                    relations: Optional[Sequence[dict]] = None,
@@ -169,147 +294,27 @@ def load_coco_json(ann_file: str, img_folder: Optional[str] = None,
     data = _read_json(ann_file)
     problem = _Problems(ann_file, skip_invalid)
     names, l2c, c2l = _class_list(data, ann_file, class_names, remap_mscoco_category)
-    parent_of = resolve_relations(relations, names, where=f"relations for {ann_file}")
+    parent_of = parents_by_label(relations, names, where=f"relations for {ann_file}")
+    ctx = _Context(ann_file, names, c2l, parent_of, problem)
 
-    # -- images ------------------------------------------------------------------------------
-    images: Dict[int, dict] = {}
-    for im in data["images"]:
-        if not isinstance(im, dict) or not {"id", "file_name", "width", "height"} <= set(im):
-            raise InvalidAnnotationError(
-                f"{ann_file}: image entry {im!r} needs id, file_name, width and height")
-        if im["id"] in images:
-            raise InvalidAnnotationError(f"{ann_file}: image id {im['id']} appears twice")
-        if img_folder is not None and not os.path.isfile(os.path.join(img_folder, im["file_name"])):
-            problem("image_missing", f"image id {im['id']}: file "
-                    f"{os.path.join(img_folder, im['file_name'])} does not exist")
-            continue
-        images[im["id"]] = im
-
-    # -- annotations ---------------------------------------------------------------------------
-    seen_ids = set()
-    kept: Dict[int, dict] = {}          # ann id -> annotation (clipped bbox), crowd included
-    missing_images = {im["id"] for im in data["images"]} - set(images)
-    for a in data["annotations"]:
-        if not isinstance(a, dict) or "id" not in a:
-            raise InvalidAnnotationError(f"{ann_file}: annotation {a!r} has no id")
-        aid = a["id"]
-        if aid in seen_ids:
-            raise InvalidAnnotationError(f"{ann_file}: annotation id {aid} appears twice")
-        seen_ids.add(aid)
-        im = images.get(a.get("image_id"))
-        if im is None:
-            if a.get("image_id") in missing_images:
-                continue                    # its image was skipped (already counted)
-            problem("no_image", f"annotation id {aid}: image_id {a.get('image_id')!r} is not an image")
-            continue
-        where = f"annotation id {aid} (image id {im['id']}, {im['file_name']})"
-        if a.get("category_id") not in c2l:
-            problem("unknown_category", f"{where}: category_id {a.get('category_id')!r} is not one "
-                    f"of the configured classes {names} (category ids {sorted(c2l)})")
-            continue
-        bad = _box_problem(a.get("bbox"), im["width"], im["height"], box_tolerance)
-        if bad:
-            problem(bad[0], f"{where}: {bad[1]}")
-            continue
-        x, y, w, h = (float(v) for v in a["bbox"])
-        x0, y0 = max(x, 0.0), max(y, 0.0)
-        x1, y1 = min(x + w, float(im["width"])), min(y + h, float(im["height"]))
-        if x1 - x0 <= 0 or y1 - y0 <= 0:
-            problem("box_outside", f"{where}: bbox {a['bbox']} has no area inside the image")
-            continue
-        kept[aid] = dict(a, bbox=[x0, y0, x1 - x0, y1 - y0])
-
-    # -- explicit parent links -----------------------------------------------------------------
-    original = {a["id"]: a for a in data["annotations"]}
-    link: Dict[int, int] = {}           # child ann id -> parent ann id, or -1 (explicit orphan)
-    ignored_links = 0
-    for aid, a in kept.items():
-        pid = a.get("parent_id")
-        if pid is None:
-            continue
-        label = c2l[a["category_id"]]
-        if parent_of[label] < 0:
-            ignored_links += 1          # class has no parent class in the configured relations
-            continue
-        where = f"annotation id {aid} (image id {a['image_id']}, {images[a['image_id']]['file_name']})"
-        if pid == -1:
-            link[aid] = -1
-            continue
-        if pid not in original:
-            problem("parent_missing", f"{where}: parent_id {pid} is not an annotation of the file")
-            link[aid] = -1
-            continue
-        if pid not in kept:
-            problem("parent_skipped", f"{where}: parent_id {pid} points at an invalid annotation")
-            link[aid] = -1
-            continue
-        parent = kept[pid]
-        if parent["image_id"] != a["image_id"]:
-            problem("parent_other_image", f"{where}: parent_id {pid} belongs to another image "
-                    f"(image id {parent['image_id']})")
-            link[aid] = -1
-            continue
-        want = names[parent_of[label]]
-        got = names[c2l[parent["category_id"]]]
-        if got != want or parent.get("iscrowd", 0):
-            problem("parent_wrong_class", f"{where}: parent_id {pid} is a {got!r}"
-                    f"{' crowd region' if parent.get('iscrowd', 0) else ''}, but the parent of "
-                    f"{names[label]!r} must be a {want!r}")
-            link[aid] = -1
-            continue
-        link[aid] = pid
-
-    # -- per-image records -----------------------------------------------------------------------
-    per_image: Dict[int, List[dict]] = {i: [] for i in images}
-    for a in kept.values():
-        if not a.get("iscrowd", 0):
-            per_image[a["image_id"]].append(a)
-    records, n_explicit, n_inferred = [], 0, 0
-    for image_id, im in images.items():
-        anns = per_image[image_id]
-        pos = {a["id"]: k for k, a in enumerate(anns)}
-        labels = [c2l[a["category_id"]] for a in anns]
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                           a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float32).reshape(-1, 4)
-        parent = [-1] * len(anns)
-        need = [False] * len(anns)
-        for k, a in enumerate(anns):
-            if a["id"] in link:
-                parent[k] = pos.get(link[a["id"]], -1)
-                n_explicit += parent[k] >= 0
-            else:
-                need[k] = parent_of[labels[k]] >= 0
-        if any(need):
-            inferred = best_parents(torch.from_numpy(boxes), labels, parent_of,
-                                    pair_min_containment, candidates=need)
-            for k in range(len(anns)):
-                if need[k] and inferred[k] >= 0:
-                    parent[k] = inferred[k]
-                    n_inferred += 1
-        records.append(ImageRecord(
-            image_id=image_id, file_name=im["file_name"], width=int(im["width"]),
-            height=int(im["height"]), boxes=boxes,
-            labels=np.array(labels, dtype=np.int64),
-            area=np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float32),
-            iscrowd=np.zeros(len(anns), dtype=np.int64),
-            parent_idx=np.array(parent, dtype=np.int64),
-            ann_ids=np.array([a["id"] for a in anns], dtype=np.int64)))
+    images = _usable_images(data, img_folder, ctx)
+    kept = _usable_annotations(data, images, ctx, box_tolerance)
+    link, ignored = _explicit_links(data, images, kept, ctx)
+    records, n_explicit, n_inferred = _image_records(images, kept, link, ctx, pair_min_containment)
 
     if not records or not kept:
         raise InvalidAnnotationError(
             f"{ann_file}: empty split ({len(records)} usable images, {len(kept)} usable annotations"
             f"{'; after skipping invalid entries' if problem.counts else ''})")
-
     skipped = Counter(problem.counts)
     if skipped:
         detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(skipped.items()))
         warnings.warn(f"{ann_file}: skip_invalid dropped {sum(skipped.values())} invalid entries "
                       f"({detail})", stacklevel=3)
-
     clean = {k: v for k, v in data.items() if k not in ("images", "annotations")}
     clean["images"] = list(images.values())
     clean["annotations"] = list(kept.values())
     return CocoIndex(ann_file=ann_file, class_names=names, label_to_category=l2c,
                      parent_of=parent_of, images=records, coco_dict=clean, skipped=skipped,
                      pairs_explicit=int(n_explicit), pairs_inferred=int(n_inferred),
-                     parent_ids_ignored=ignored_links)
+                     parent_ids_ignored=ignored)

@@ -1,6 +1,6 @@
 """`CocoDetection`: images + a COCO json, with contiguous labels and parent links per target.
 
-Target of one image before transforms (SPEC §2)::
+Target of one image before transforms (docs/data.md)::
 
     boxes      tv_tensors.BoundingBoxes [N, 4] xyxy, pixels      labels   int64 [N], 0..C-1
     parent_idx int64 [N] (parent position or -1)                 image_id int64 [1]

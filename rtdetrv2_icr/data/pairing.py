@@ -11,42 +11,19 @@ from typing import List, Optional, Sequence
 
 import torch
 
-__all__ = ["resolve_relations", "containment", "best_parents", "remap_parent_idx",
+from ..core.relations import parent_of_list, resolve_relations
+from ..ops.boxes import containment
+
+__all__ = ["containment", "parents_by_label", "best_parents", "remap_parent_idx",
            "parent_idx_is_consistent"]
 
 
-def resolve_relations(relations: Optional[Sequence[dict]], class_names: Sequence[str],
-                      where: str = "config") -> List[int]:
-    """``[{child: plate, parent: vehicle}, ...]`` -> ``parent_label[label]`` (-1 when no parent).
-
-    Names must be in ``class_names``; a child class may have at most one parent class.
-    """
+def parents_by_label(relations: Optional[Sequence[dict]], class_names: Sequence[str],
+                     where: str = "config") -> List[int]:
+    """``[{child: plate, parent: vehicle}]`` -> ``parent_of[label]`` (-1 when a label has no
+    parent class), through the one relation resolver of `core.relations`."""
     names = list(class_names)
-    parent_of = [-1] * len(names)
-    for rel in relations or []:
-        if not isinstance(rel, dict) or set(rel) != {"child", "parent"}:
-            raise ValueError(f"{where}: each relation must be {{child: NAME, parent: NAME}}, got {rel!r}")
-        for role in ("child", "parent"):
-            if rel[role] not in names:
-                raise ValueError(f"{where}: relation {role} {rel[role]!r} is not a class "
-                                 f"(classes: {names})")
-        c, p = names.index(rel["child"]), names.index(rel["parent"])
-        if c == p:
-            raise ValueError(f"{where}: class {rel['child']!r} cannot be its own parent")
-        if parent_of[c] not in (-1, p):
-            raise ValueError(f"{where}: class {rel['child']!r} has two parent classes "
-                             f"({names[parent_of[c]]!r} and {rel['parent']!r})")
-        parent_of[c] = p
-    return parent_of
-
-
-def containment(child_xyxy: torch.Tensor, parent_xyxy: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """area(child ∩ parent) / area(child) for every pair: [N, 4] x [M, 4] -> [N, M] in [0, 1]."""
-    lt = torch.maximum(child_xyxy[:, None, :2], parent_xyxy[None, :, :2])
-    rb = torch.minimum(child_xyxy[:, None, 2:], parent_xyxy[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)                                  # [N, M]
-    area = (child_xyxy[:, 2:] - child_xyxy[:, :2]).clamp(min=0).prod(-1)     # [N]
-    return inter / area.clamp(min=eps)[:, None]
+    return parent_of_list(resolve_relations(relations, names, where), len(names))
 
 
 def best_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: Sequence[int],
@@ -70,7 +47,7 @@ def best_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: Seq
         idx = torch.nonzero(labels_t == p_cls).flatten()
         if idx.numel() == 0:
             continue
-        c = containment(boxes[i:i + 1], boxes[idx])[0]
+        c = containment(boxes[i], boxes[idx])                            # [K]
         best = int(torch.argmax(c))          # first maximum
         if float(c[best]) >= min_containment:
             out[i] = int(idx[best])

@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 
 from .annotations import InvalidAnnotationError
-from .pairing import best_parents, resolve_relations
+from .pairing import best_parents, parents_by_label
 
 __all__ = ["yolo_to_coco", "parse_yolo_file", "IMAGE_EXTENSIONS", "default_relations"]
 
@@ -82,7 +82,7 @@ def yolo_to_coco(images_dir: str, labels_dir: str, class_names: Sequence[str],
         raise ValueError(f"pairing must be 'order' or 'containment', got {pairing!r}")
     names = list(class_names)
     relations = default_relations(names) if relations is None else list(relations)
-    parent_of = resolve_relations(relations, names, where="yolo_to_coco relations")
+    parent_of = parents_by_label(relations, names, where="yolo_to_coco relations")
     for d in (images_dir, labels_dir):
         if not os.path.isdir(d):
             raise FileNotFoundError(f"directory {d} does not exist")

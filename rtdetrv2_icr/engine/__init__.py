@@ -5,4 +5,5 @@ from . import dist, checkpoint  # noqa: F401
 from .optim import FlatCosineLR, LinearWarmup, build_param_groups  # noqa: F401  (registers optimisers)
 from .ema import ModelEMA  # noqa: F401
 from .evaluator import CocoEvaluator  # noqa: F401
+from .runtime import RuntimeSettings  # noqa: F401
 from .solver import NonFiniteLossError, Trainer  # noqa: F401

@@ -183,3 +183,45 @@ def describe_skipped(info: Dict[str, list], limit: Optional[int] = None) -> str:
         for it in items[:limit] if limit else items:
             lines.append(f"    {it}")
     return "\n".join(lines)
+
+
+# ---- training state ------------------------------------------------------------------------
+def restore_training_state(ckpt: Dict[str, Any], model, ema, optimizer, lr_scheduler, lr_warmup,
+                           scaler, log, path: str) -> Dict[str, Any]:
+    """Load a checkpoint written by the trainer into its parts (each may be None) and return the
+    loop state ``{last_epoch, global_step, best, rng}`` it recorded."""
+    from .optim import load_scheduler_state
+    model.load_state_dict(ckpt["model"])
+    if ema is not None:
+        if "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
+        else:
+            log.warning(f"{path} has no EMA state; EMA restarts from the model weights")
+            ema.module.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for part, key, load in ((lr_scheduler, "lr_scheduler", load_scheduler_state),
+                            (lr_warmup, "lr_warmup_scheduler", lambda p, s: p.load_state_dict(s)),
+                            (scaler, "scaler", lambda p, s: p.load_state_dict(s))):
+        if part is not None and key in ckpt:
+            load(part, ckpt[key])
+    return {"last_epoch": int(ckpt.get("last_epoch", -1)),
+            "global_step": int(ckpt.get("global_step", 0)),
+            "best": ckpt.get("best"), "rng": ckpt.get("rng") or []}
+
+
+def load_eval_weights(path: str, model, ema=None) -> None:
+    """Model (and EMA) weights of a checkpoint, strictly: for evaluating a trained model."""
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(extract_model_state(ckpt, prefer_ema=False))
+    if ema is not None:
+        ema.module.load_state_dict(extract_model_state(ckpt, prefer_ema=True))
+
+
+def load_matching_weights(path: str, model) -> str:
+    """Load every tensor of a checkpoint whose name and shape match ``model`` (EMA weights
+    preferred); returns a description of what was loaded and skipped."""
+    matched, info = match_state_dict(model.state_dict(),
+                                     extract_model_state(load_checkpoint(path), prefer_ema=True))
+    model.load_state_dict(matched, strict=False)
+    return (f"loaded {len(matched)}/{len(model.state_dict())} tensors; skipped:\n"
+            + describe_skipped(info))

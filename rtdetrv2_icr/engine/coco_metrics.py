@@ -1,4 +1,4 @@
-"""COCO evaluation of a list of detections and the report of SPEC §6.
+"""COCO evaluation of a list of detections and the report of docs/evaluation.md.
 
 Pure functions of a ground-truth dict (COCO json layout) and a detection list (COCO result
 layout); `evaluator.py` collects detections during inference and calls these.
@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..data.pairing import containment
+from ..ops.boxes import containment
 
 __all__ = ["COCO_STAT_NAMES", "run_coco_eval", "per_class_metrics", "pr_curves",
            "relational_consistency", "report_to_markdown", "write_report", "BACKENDS"]
@@ -138,8 +138,8 @@ def relational_consistency(dets_by_image: Dict[int, Dict[str, np.ndarray]], rela
             parents = d["boxes"][keep & (d["labels"] == rel["parent_label"])]
             n_children += len(children)
             if len(parents) and len(children):
-                inside = containment(torch.as_tensor(children, dtype=torch.float64),
-                                     torch.as_tensor(parents, dtype=torch.float64))     # [C, P]
+                inside = containment(torch.as_tensor(children, dtype=torch.float64)[:, None],
+                                     torch.as_tensor(parents, dtype=torch.float64)[None])  # [C, P]
                 n_ok += int((inside >= containment_thr).any(1).sum())
         out["relations"][f"{rel['child']}->{rel['parent']}"] = {
             "children": n_children, "consistent": n_ok,

@@ -2,7 +2,7 @@
 
 Each rank feeds the post-processed detections of its images (`update`); `summarize` gathers
 them on every rank, keeps ONE copy per image id (a padded DistributedSampler repeats images at
-the end of the last batch), evaluates with the chosen backend and returns the SPEC §6 report:
+the end of the last batch), evaluates with the chosen backend and returns the report of docs/evaluation.md:
 
     report = {'split', 'backend', 'num_images', 'num_detections', 'duplicates_dropped',
               'coco': {12 COCO numbers}, 'per_class': {name: {AP50, AP50:95, AP75, AP_s, AP_m, AP_l, AR}},
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..core.registry import ConfigError, register
+from ..core.relations import resolve_relations
 from . import dist
 from .coco_metrics import (COCO_STAT_NAMES, BACKENDS, per_class_metrics, pr_curves, relational_consistency,
                            run_coco_eval, _clean)
@@ -77,14 +78,9 @@ class CocoEvaluator:
         # report names: the config's class names through the label mapping
         self.category_names = {cat: (self.class_names[lab] if lab < len(self.class_names) else cat_name.get(cat, str(cat)))
                                for lab, cat in self.label_to_category.items()}
-        self.relations = []
-        for r in self.relations_cfg:
-            try:
-                self.relations.append({"child": r["child"], "parent": r["parent"],
-                                       "child_label": self.class_names.index(r["child"]),
-                                       "parent_label": self.class_names.index(r["parent"])})
-            except (KeyError, ValueError) as e:
-                raise ConfigError(f"relation {r!r} names a class not in class_names {self.class_names}") from e
+        resolved = resolve_relations(self.relations_cfg, self.class_names, "CocoEvaluator relations")
+        self.relations = [{"child": self.class_names[c], "parent": self.class_names[p],
+                           "child_label": c, "parent_label": p} for c, p in resolved.items()]
 
     def reset(self) -> None:
         self._dets: Dict[int, Dict[str, np.ndarray]] = {}
@@ -97,13 +93,19 @@ class CocoEvaluator:
     cleanup = reset  # upstream's name
 
     # ---- collection ------------------------------------------------------------------------
+    def contiguous_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Post-processed labels as contiguous 0..C-1 (they are category ids under
+        ``remap_mscoco_category``; unknown ids become -1)."""
+        if not self.labels_are_category_ids:
+            return labels
+        table = self.category_to_label
+        return torch.tensor([table.get(int(c), -1) for c in labels.tolist()], dtype=torch.long)
+
     def update(self, results: Dict[int, Dict[str, torch.Tensor]]) -> None:
         """`results[image_id] = {'boxes': [N,4] xyxy in original pixels, 'scores': [N], 'labels': [N]}`."""
         for img_id, r in results.items():
             img_id = int(img_id)
-            labels = r["labels"].detach().cpu().numpy().astype(np.int64)
-            if self.labels_are_category_ids:
-                labels = np.array([self.category_to_label.get(int(c), -1) for c in labels], dtype=np.int64)
+            labels = self.contiguous_labels(r["labels"].detach().cpu()).numpy().astype(np.int64)
             entry = {"boxes": r["boxes"].detach().float().cpu().numpy().reshape(-1, 4),
                      "scores": r["scores"].detach().float().cpu().numpy().reshape(-1),
                      "labels": labels.reshape(-1)}

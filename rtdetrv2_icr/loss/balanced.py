@@ -1,4 +1,4 @@
-"""Scale-balanced and IoU-balanced loss weights (SPEC §5). Pure functions of tensors.
+"""Scale-balanced and IoU-balanced loss weights (docs/losses.md). Pure functions of tensors.
 
 Scale-balanced (SCB): a ground truth covered by few encoder proposals (typically a small object)
 gets a larger box-loss weight ``W_g = β (log M_g + α) / M_g``, with ``M_g`` the number of
@@ -10,9 +10,34 @@ unweighted one (the weights redistribute the loss, they do not change its scale)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
 import torch
 
-__all__ = ["proposal_counts", "scale_balanced_weights", "iou_balanced_weights"]
+from ..ops.boxes import box_cxcywh_to_xyxy, box_iou
+
+__all__ = ["ScaleBalancedSettings", "IoUBalancedSettings", "proposal_counts",
+           "scale_balanced_weights", "target_scale_weights", "iou_balanced_weights",
+           "iou_balance_terms", "iou_balance_positives"]
+
+
+@dataclass(frozen=True)
+class ScaleBalancedSettings:
+    """The criterion's ``scale_balanced`` section (a present section is on)."""
+    enabled: bool = True
+    tau: float = 0.5
+    alpha: float = 1.0
+    beta: float = 3.0
+    normalize: bool = True
+
+
+@dataclass(frozen=True)
+class IoUBalancedSettings:
+    """The criterion's ``iou_balanced`` section; an exponent of null skips that part."""
+    enabled: bool = True
+    loc_lambda: Optional[float] = 1.5
+    cls_eta: Optional[float] = 1.5
 
 
 def proposal_counts(proposal_gt_iou: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
@@ -30,94 +55,49 @@ def scale_balanced_weights(counts: torch.Tensor, alpha: float = 1.0, beta: float
     return w
 
 
+def target_scale_weights(s: ScaleBalancedSettings, proposals: torch.Tensor,
+                         target_boxes: List[torch.Tensor]) -> torch.Tensor:
+    """``W_g`` of every target of the batch [ΣT], counted against the encoder proposals
+    ``proposals`` [B, Q, 4] (cxcywh; the top-k that initialise the decoder); target_boxes: per
+    image [T_i, 4] cxcywh."""
+    props = box_cxcywh_to_xyxy(proposals.detach())
+    counts = [proposal_counts(box_iou(props[i], box_cxcywh_to_xyxy(t.reshape(-1, 4).to(props)))[0],
+                              s.tau) for i, t in enumerate(target_boxes)]
+    counts = torch.cat(counts) if counts else torch.zeros(0, device=proposals.device)
+    return scale_balanced_weights(counts, s.alpha, s.beta, s.normalize)
+
+
 def iou_balanced_weights(iou: torch.Tensor, loss: torch.Tensor, exponent: float = 1.5,
                          eps: float = 1e-12) -> torch.Tensor:
-    """Weights ``IoU^exponent`` (no gradient) rescaled so ``Σ w·loss == Σ loss``.  [N], [N] -> [N]."""
+    """Weights ``IoU^exponent`` (no gradient) rescaled so ``Σ w·loss == Σ loss``.  [N], [N] -> [N].
+    When every IoU (or the loss) is zero the loss stays unweighted (weights 1)."""
     w = iou.detach().clamp(0.0, 1.0).pow(exponent)
     if w.numel() == 0:
         return w
     num = loss.detach().sum()
     den = (w * loss.detach()).sum()
-    if float(den) <= eps:              # all IoUs zero (or no loss): keep the loss unweighted
-        return torch.ones_like(w)
-    return w * (num / den)
+    return torch.where(den > eps, w * (num / den.clamp_min(eps)), torch.ones_like(w))
 
 
-def _settings(cfg, defaults: dict, owner: str) -> dict:
-    cfg = dict(cfg or {})
-    unknown = set(cfg) - set(defaults)
-    if unknown:
-        raise ValueError(f"RTDETRCriterionv2.{owner}: unknown key(s) {sorted(unknown)}; "
-                         f"known: {sorted(defaults)}")
-    return {**defaults, **cfg}
+def iou_balance_terms(terms: Dict[str, torch.Tensor], iou: torch.Tensor, bounds: Sequence[int],
+                      exponent: float) -> Dict[str, torch.Tensor]:
+    """Localisation terms {name: [ΣM]} weighted per stage (rows bounds[s]:bounds[s+1]) by the
+    detached pair IoU [ΣM] to the ``exponent``, each stage keeping its total."""
+    out = {}
+    for k, v in terms.items():
+        parts = [v[a:b] * iou_balanced_weights(iou[a:b], v[a:b], exponent)
+                 for a, b in zip(bounds[:-1], bounds[1:])]
+        out[k] = torch.cat(parts) if parts else v
+    return out
 
 
-class ScaleBalanced:
-    """Box-term hook: multiplies each matched pair's box terms by its ground truth's ``W_g``,
-    counted against the encoder proposals (``enc_aux_outputs[0]``, the top-k that initialise
-    the decoder). Config: ``{enabled, tau: 0.5, alpha: 1.0, beta: 3.0, normalize: true}``."""
-
-    DEFAULTS = {"enabled": True, "tau": 0.5, "alpha": 1.0, "beta": 3.0, "normalize": True}
-
-    def __init__(self, cfg=None):
-        s = _settings(cfg, self.DEFAULTS, "scale_balanced")
-        self.enabled, self.tau, self.alpha, self.beta, self.normalize = (
-            bool(s["enabled"]), s["tau"], s["alpha"], s["beta"], bool(s["normalize"]))
-        self.last_weights = torch.zeros(0)
-
-    def target_weights(self, stages, batch) -> torch.Tensor:
-        """``W_g`` of every target of the batch, [ΣT]."""
-        from .box_ops import box_cxcywh_to_xyxy, box_iou
-        enc = [st for st in stages if st.kind == "enc"]
-        if not enc:
-            raise KeyError("scale_balanced needs the encoder proposals (enc_aux_outputs): "
-                           "keep the decoder's aux_loss on")
-        proposals = box_cxcywh_to_xyxy(enc[0].outputs["pred_boxes"].detach())    # [B, Q, 4]
-        counts = []
-        for i, t in enumerate(batch.targets):
-            gt = box_cxcywh_to_xyxy(t["boxes"].reshape(-1, 4).to(proposals))
-            counts.append(proposal_counts(box_iou(proposals[i], gt)[0], self.tau))  # [T_i]
-        counts = torch.cat(counts) if counts else torch.zeros(0, device=proposals.device)
-        return scale_balanced_weights(counts, self.alpha, self.beta, self.normalize)
-
-    def __call__(self, terms, pairs, stages, batch):
-        w_target = self.target_weights(stages, batch)
-        self.last_weights = w_target.detach()
-        w = w_target[pairs.flat_tgt].to(pairs.pred_boxes.dtype)
-        return {k: v * w for k, v in terms.items()}
-
-
-class IoUBalanced:
-    """IoU-balanced weighting: localisation terms of each stage by ``IoU^loc_lambda`` and positive
-    classification entries by ``IoU^cls_eta``, each rescaled to keep its unweighted total.
-    Config: ``{enabled, loc_lambda: 1.5, cls_eta: 1.5}`` (an exponent of null skips that part)."""
-
-    DEFAULTS = {"enabled": True, "loc_lambda": 1.5, "cls_eta": 1.5}
-
-    def __init__(self, cfg=None):
-        s = _settings(cfg, self.DEFAULTS, "iou_balanced")
-        self.enabled, self.loc_lambda, self.cls_eta = bool(s["enabled"]), s["loc_lambda"], s["cls_eta"]
-
-    def __call__(self, terms, pairs, stages, batch):
-        if self.loc_lambda is None:
-            return terms
-        from .box_ops import box_cxcywh_to_xyxy, paired_box_iou
-        iou = paired_box_iou(box_cxcywh_to_xyxy(pairs.pred_boxes.detach()),
-                             box_cxcywh_to_xyxy(pairs.target_boxes))[0]            # [ΣM]
-        out = {}
-        for k, v in terms.items():
-            parts = [v[a:b] * iou_balanced_weights(iou[a:b], v[a:b], self.loc_lambda)
-                     for a, b in zip(pairs.bounds[:-1], pairs.bounds[1:])]
-            out[k] = torch.cat(parts) if parts else v
-        return out
-
-    def reweight_positives(self, loss: torch.Tensor, b, q, labels, iou: torch.Tensor) -> torch.Tensor:
-        """loss [B, Q, C] elementwise; scale its positive entries (b, q, labels) by IoU^cls_eta,
-        rescaled so that their sum is unchanged."""
-        if self.cls_eta is None or len(b) == 0:
-            return loss
-        pos = loss[b, q, labels]
-        w = iou_balanced_weights(iou, pos, self.cls_eta).to(loss.dtype)
-        scale = torch.ones_like(loss)
-        scale[b, q, labels] = w
-        return loss * scale
+def iou_balance_positives(loss: torch.Tensor, b, q, labels, iou: torch.Tensor,
+                          exponent: float) -> torch.Tensor:
+    """loss [B, Q, C] elementwise; scale its positive entries (b, q, labels) by IoU^exponent,
+    rescaled so that their sum is unchanged."""
+    if len(b) == 0:
+        return loss
+    w = iou_balanced_weights(iou, loss[b, q, labels], exponent).to(loss.dtype)
+    scale = torch.ones_like(loss)
+    scale[b, q, labels] = w
+    return loss * scale

@@ -10,9 +10,9 @@ One call scores every stage of the model output against the targets:
 
     1. match every stage; gather the matched pairs of ALL stages into one ``Pairs`` ([ΣM])
     2. classification term (vfl / focal / bce) per stage over its [B,Q,C] logits
-    3. per-box terms {'l1': [ΣM], 'iou': [ΣM]} for all stages at once
-       (+ C-BBL terms cbbl_ce / cbbl_um) -> ICR penalty -> box hooks (scale-/IoU-balanced)
-       -> per-stage sums / normaliser
+    3. per-box terms {'l1': [ΣM], 'iou': [ΣM]} for all stages at once, then the optional steps
+       in this fixed order: C-BBL terms (cbbl_ce, cbbl_um) -> ICR -> scale-balanced ->
+       IoU-balanced; then per-stage sums / normaliser
     4. × weight_dict; only weighted terms are returned (loss_vfl, loss_bbox, loss_giou,
        loss_bbox_aux_0, loss_giou_dn_3, loss_vfl_enc_0, ...).
 
@@ -20,8 +20,8 @@ num_boxes is the mean over DDP ranks of the number of targets, at least 1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -30,13 +30,18 @@ import torch.nn.functional as F
 import torchvision
 
 from ..core.registry import register
-from .box_ops import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
-from .balanced import IoUBalanced, ScaleBalanced
-from .cbbl import CBBLTerms, cbbl_settings
-from .icr import ICRPenalty, ICRTargets
+from ..core.settings import settings_from
+from ..nn.cbbl_head import CBBLSettings
+from ..ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
+from ..ops.cbbl_grid import cbbl_grid
+from .balanced import (IoUBalancedSettings, ScaleBalancedSettings, iou_balance_positives,
+                       iou_balance_terms, target_scale_weights)
+from .cbbl import cbbl_terms
+from .icr import ICRPenalty
 from .iou import iou_family_loss, parse_iou_kind
+from .pairs import Pairs, Stage, TargetBatch, concat_targets, dn_indices, gather_pairs
 
-__all__ = ["RTDETRCriterionv2", "Stage", "Pairs", "TargetBatch", "iou_loss_name"]
+__all__ = ["RTDETRCriterionv2", "iou_loss_name"]
 
 LABEL_LOSSES = ("vfl", "focal", "bce")
 EPS = 1e-7
@@ -48,49 +53,9 @@ def iou_loss_name(iou_type: str) -> str:
     return f"loss_{'inner_' if inner else ''}{base}"
 
 
-@dataclass
-class TargetBatch:
-    """The batch's targets concatenated once per call ([ΣT] over images)."""
-    targets: List[dict]
-    labels: torch.Tensor                     # [ΣT] int64
-    boxes: torch.Tensor                      # [ΣT, 4] cxcywh
-    offsets: torch.Tensor                    # [B] index of each image's first target
-    icr: Optional[ICRTargets] = None
-    extras: Dict[str, object] = field(default_factory=dict)   # for later hooks
-
-
-@dataclass
-class Stage:
-    """One scored head output: kind in final | aux | dn | enc, its key suffix, its raw outputs
-    (pred_logits, pred_boxes and anything later options add, e.g. ref_points), its matching."""
-    kind: str
-    suffix: str
-    outputs: dict
-    indices: list                            # [(query_idx, target_idx)] per image
-    norm: float
-    agnostic: bool = False
-
-
-@dataclass
-class Pairs:
-    """The matched (query, target) pairs of all stages, stage after stage ([ΣM])."""
-    stage_id: torch.Tensor                   # [ΣM] index into the stage list
-    batch_idx: torch.Tensor                  # [ΣM] image
-    query_idx: torch.Tensor                  # [ΣM] query within the image
-    flat_tgt: torch.Tensor                   # [ΣM] index into TargetBatch
-    pred_boxes: torch.Tensor                 # [ΣM, 4] cxcywh, with gradient
-    target_boxes: torch.Tensor               # [ΣM, 4] cxcywh
-    bounds: List[int]                        # stage s owns rows bounds[s]:bounds[s+1]
-
-
 def _reduce(loss: torch.Tensor, norm: float) -> torch.Tensor:
     """[B,Q,C] elementwise loss -> its sum / norm (as Q · Σ_b mean_q, upstream's order)."""
     return loss.mean(1).sum() * loss.shape[1] / norm
-
-
-# A box hook maps per-box terms to new ones: hook(terms {name: [ΣM]}, pairs, stages, batch).
-BoxHook = Callable[[Dict[str, torch.Tensor], Pairs, List[Stage], TargetBatch],
-                   Dict[str, torch.Tensor]]
 
 
 @register()
@@ -144,39 +109,35 @@ class RTDETRCriterionv2(nn.Module):
         self.weight_dict = dict(weight_dict)
         if self.iou_name not in self.weight_dict and "loss_giou" in self.weight_dict:
             self.weight_dict[self.iou_name] = self.weight_dict["loss_giou"]
-        # per-box term -> loss key; later options (C-BBL) add entries and compute them in hooks
-        self.box_term_names: Dict[str, str] = {"l1": "loss_bbox", "iou": self.iou_name}
 
-        self.icr = ICRPenalty.from_config(icr, class_names, relations,
-                                          known_terms=("iou", "l1", "cbbl_ce", "cbbl_um"),
-                                          num_classes=num_classes)
-        self.box_hooks: List[BoxHook] = []      # run after ICR, in order
-
-        # C-BBL adds per-box terms before ICR (so icr.terms may name them); the balanced
-        # weightings are hooks after ICR. All three are off unless configured (SPEC §4, §5).
-        cb = cbbl_settings(cbbl, "RTDETRCriterionv2")
-        self.cbbl = CBBLTerms(cb["alpha"], cb["num_bins"], cb["beta"], cb["replace_l1"]) \
-            if cb["enabled"] else None
+        # the optional steps, each None when off (docs/losses.md)
+        self.icr = ICRPenalty.from_config(icr, class_names, relations, num_classes=num_classes)
+        cb = CBBLSettings.of(cbbl, "RTDETRCriterionv2")
+        self.cbbl = cb if cb.enabled else None
         if self.cbbl is not None:
-            for key, default in (("loss_cbbl_ce", 1.0), ("loss_cbbl_um", 1.0)):
-                self.weight_dict.setdefault(key, default)
-        self.scale_balanced = ScaleBalanced(scale_balanced) if scale_balanced else None
-        if self.scale_balanced is not None and self.scale_balanced.enabled:
-            self.box_hooks.append(self.scale_balanced)
-        self.iou_balanced = IoUBalanced(iou_balanced) if iou_balanced else None
-        if self.iou_balanced is not None and not self.iou_balanced.enabled:
-            self.iou_balanced = None
-        if self.iou_balanced is not None:
-            self.box_hooks.append(self.iou_balanced)
+            self.cbbl_grid = cbbl_grid(cb.alpha, cb.num_bins, cb.beta)
+            for key in ("loss_cbbl_ce", "loss_cbbl_um"):
+                self.weight_dict.setdefault(key, 1.0)
+        self.scale_balanced = self._optional(ScaleBalancedSettings, scale_balanced, "scale_balanced")
+        self.iou_balanced = self._optional(IoUBalancedSettings, iou_balanced, "iou_balanced")
+        self.last_scale_weights = torch.zeros(0)     # W_g of the last call's targets (SCB)
+
+    @staticmethod
+    def _optional(cls, cfg: Optional[dict], key: str):
+        """Settings of a present, enabled section; None otherwise."""
+        if not cfg:
+            return None
+        s = settings_from(cls, cfg, f"RTDETRCriterionv2.{key}")
+        return s if s.enabled else None
 
     # ---- entry point ----------------------------------------------------------------------
     def forward(self, outputs: dict, targets: List[dict], **kwargs) -> Dict[str, torch.Tensor]:
         device = outputs["pred_logits"].device
-        batch = self._concat_targets(targets, device)
+        batch = concat_targets(targets, device, parents=self.icr.active)
         if self.icr.active:
-            batch.icr = self.icr.prepare(targets, batch.labels, batch.boxes)
+            batch.icr = self.icr.prepare(batch.labels, batch.boxes, batch.parent_row)
         stages = self.match_stages(outputs, targets, self._num_boxes(batch, device))
-        pairs = self._pairs(stages, batch)
+        pairs = gather_pairs(stages, batch)
         weight = self._boxes_weight(pairs)                              # [ΣM] or None
         pair_iou = None                                                 # detached IoU, [ΣM]
         if "vfl" in self.losses or self.iou_balanced is not None:
@@ -187,7 +148,8 @@ class RTDETRCriterionv2(nn.Module):
         per_stage: List[Dict[str, torch.Tensor]] = [{} for _ in stages]
         for name in self.losses:
             if name == "boxes":
-                for s, terms in enumerate(self._box_losses(pairs, stages, batch, weight)):
+                for s, terms in enumerate(self._box_losses(pairs, stages, batch, weight,
+                                                           pair_iou)):
                     per_stage[s].update(terms)
                 continue
             for s, st in enumerate(stages):
@@ -217,7 +179,7 @@ class RTDETRCriterionv2(nn.Module):
             if "dn_meta" not in outputs:
                 raise KeyError("outputs have 'dn_aux_outputs' but no 'dn_meta'")
             meta = outputs["dn_meta"]
-            dn_idx = self.dn_indices(meta, targets)
+            dn_idx = dn_indices(meta, targets)
             for i, aux in enumerate(outputs["dn_aux_outputs"]):
                 stages.append(Stage("dn", f"_dn_{i}", aux, dn_idx, num_boxes * meta["dn_num_group"]))
 
@@ -235,22 +197,6 @@ class RTDETRCriterionv2(nn.Module):
         return stages
 
     # ---- pairs and box terms --------------------------------------------------------------
-    def _pairs(self, stages: List[Stage], batch: TargetBatch) -> Pairs:
-        device = batch.labels.device
-        sid, b, q, t, boxes, bounds = [], [], [], [], [], [0]
-        for s, st in enumerate(stages):
-            qs = torch.cat([src for src, _ in st.indices]).to(device)
-            bs = torch.cat([torch.full((len(src),), i, dtype=torch.int64, device=device)
-                            for i, (src, _) in enumerate(st.indices)])
-            ts = torch.cat([tgt for _, tgt in st.indices]).to(device) + batch.offsets[bs]
-            sid.append(torch.full((len(qs),), s, dtype=torch.int64, device=device))
-            b.append(bs), q.append(qs), t.append(ts)
-            boxes.append(st.outputs["pred_boxes"][bs, qs])
-            bounds.append(bounds[-1] + len(qs))
-        flat_tgt = torch.cat(t)
-        return Pairs(torch.cat(sid), torch.cat(b), torch.cat(q), flat_tgt, torch.cat(boxes),
-                     batch.boxes[flat_tgt], bounds)
-
     def _boxes_weight(self, pairs: Pairs) -> Optional[torch.Tensor]:
         """Upstream's boxes_weight_format: IoU or GIoU of each (detached) pair, [ΣM]."""
         if self.boxes_weight_format is None:
@@ -262,8 +208,10 @@ class RTDETRCriterionv2(nn.Module):
         return paired_generalized_box_iou(pred, gt, EPS)
 
     def _box_losses(self, pairs: Pairs, stages: List[Stage], batch: TargetBatch,
-                    weight: Optional[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
-        """Unweighted box losses of every stage: [{loss_bbox: .., loss_giou: ..}] per stage."""
+                    weight: Optional[torch.Tensor], pair_iou: Optional[torch.Tensor]
+                    ) -> List[Dict[str, torch.Tensor]]:
+        """Unweighted box losses of every stage: [{loss_bbox: .., loss_giou: ..}] per stage.
+        weight: upstream's boxes_weight_format per pair; pair_iou: detached IoU per pair."""
         terms = {                                                        # per box, [ΣM]
             "l1": (pairs.pred_boxes - pairs.target_boxes).abs().sum(-1),
             "iou": iou_family_loss(pairs.pred_boxes, pairs.target_boxes, self.iou_type,
@@ -272,21 +220,35 @@ class RTDETRCriterionv2(nn.Module):
         if weight is not None:
             terms["iou"] = terms["iou"] * weight
         if self.cbbl is not None:
-            terms = self.cbbl(terms, pairs, stages, batch)
+            terms.update(cbbl_terms(self.cbbl_grid, stages, pairs.batch_idx, pairs.query_idx,
+                                    pairs.target_boxes, pairs.bounds))
+            if self.cbbl.replace_l1:
+                del terms["l1"]
         if self.icr.active:
             terms = self._apply_icr(terms, pairs, stages, batch)
-        for hook in self.box_hooks:
-            terms = hook(terms, pairs, stages, batch)
+        if self.scale_balanced is not None:
+            enc = [st for st in stages if st.kind == "enc"]
+            if not enc:
+                raise KeyError("scale_balanced needs the encoder proposals (enc_aux_outputs): "
+                               "keep the decoder's aux_loss on")
+            w_target = target_scale_weights(self.scale_balanced, enc[0].outputs["pred_boxes"],
+                                            [t["boxes"] for t in batch.targets])
+            self.last_scale_weights = w_target.detach()
+            w = w_target[pairs.flat_tgt].to(pairs.pred_boxes.dtype)
+            terms = {k: v * w for k, v in terms.items()}
+        if self.iou_balanced is not None and self.iou_balanced.loc_lambda is not None:
+            terms = iou_balance_terms(terms, pair_iou, pairs.bounds, self.iou_balanced.loc_lambda)
 
+        names = {"l1": "loss_bbox", "iou": self.iou_name}
         out: List[Dict[str, torch.Tensor]] = [{} for _ in stages]
         for key, per_box in terms.items():
-            name = self.box_term_names.get(key, f"loss_{key}")
             for s, st in enumerate(stages):
-                out[s][name] = per_box[pairs.bounds[s]:pairs.bounds[s + 1]].sum() / st.norm
+                rows = slice(pairs.bounds[s], pairs.bounds[s + 1])
+                out[s][names.get(key, f"loss_{key}")] = per_box[rows].sum() / st.norm
         return out
 
     def _apply_icr(self, terms, pairs: Pairs, stages: List[Stage], batch: TargetBatch):
-        on = [st.kind in self.icr.apply_to for st in stages]
+        on = [st.kind in self.icr.settings.apply_to for st in stages]
         apply = None if all(on) else torch.tensor(on, device=pairs.stage_id.device)[pairs.stage_id]
         return self.icr(terms, pairs.pred_boxes, pairs.flat_tgt, batch.icr, apply=apply,
                         record=pairs.bounds[1])                         # final layer's statistics
@@ -298,11 +260,12 @@ class RTDETRCriterionv2(nn.Module):
         return self.icr.stats() if self.icr.active else {}
 
     def _label_loss(self, name: str, st: Stage, pairs: Pairs, rows: slice, batch: TargetBatch,
-                    iou: Optional[torch.Tensor], pair_iou: Optional[torch.Tensor] = None
+                    vfl_score: Optional[torch.Tensor], pair_iou: Optional[torch.Tensor] = None
                     ) -> Dict[str, torch.Tensor]:
         """vfl / focal / bce of one stage over all its B·Q·C logits, summed / the stage norm;
-        ``iou`` [M_s] is the VFL target score of the stage's pairs, ``pair_iou`` [M_s] their
-        detached IoU (for the IoU-balanced classification weights)."""
+        ``vfl_score`` [M_s] is the VFL target score of the stage's pairs (their IoU, or the
+        boxes_weight_format weight), ``pair_iou`` [M_s] their detached IoU (for the IoU-balanced
+        classification weights)."""
         logits = st.outputs["pred_logits"]                              # [B,Q,C]
         self._check_classes(st.outputs, 1 if st.agnostic else self.num_classes, st.kind + st.suffix)
         b, q = pairs.batch_idx[rows], pairs.query_idx[rows]
@@ -319,11 +282,11 @@ class RTDETRCriterionv2(nn.Module):
             loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
         else:  # varifocal: positives target their IoU, negatives down-weighted by alpha·p^gamma
             score = torch.zeros_like(logits)
-            score[b, q, labels] = iou.to(logits.dtype)
+            score[b, q, labels] = vfl_score.to(logits.dtype)
             w = self.alpha * logits.detach().sigmoid().pow(self.gamma) * (1 - onehot) + score
             loss = F.binary_cross_entropy_with_logits(logits, score, weight=w, reduction="none")
-        if self.iou_balanced is not None:
-            loss = self.iou_balanced.reweight_positives(loss, b, q, labels, pair_iou)
+        if self.iou_balanced is not None and self.iou_balanced.cls_eta is not None:
+            loss = iou_balance_positives(loss, b, q, labels, pair_iou, self.iou_balanced.cls_eta)
         return {f"loss_{name}": _reduce(loss, norm)}
 
     # ---- helpers --------------------------------------------------------------------------
@@ -336,17 +299,6 @@ class RTDETRCriterionv2(nn.Module):
                              f"encoder proposals)")
 
     @staticmethod
-    def _concat_targets(targets: List[dict], device) -> TargetBatch:
-        for i, t in enumerate(targets):
-            if "labels" not in t or "boxes" not in t:
-                raise KeyError(f"target {i} needs 'labels' and 'boxes' (has {sorted(t)})")
-        sizes = torch.tensor([len(t["labels"]) for t in targets], device=device)
-        offsets = sizes.cumsum(0) - sizes
-        labels = torch.cat([t["labels"].reshape(-1) for t in targets]).to(device, torch.int64)
-        boxes = torch.cat([t["boxes"].reshape(-1, 4) for t in targets]).to(device)
-        return TargetBatch(targets, labels, boxes, offsets)
-
-    @staticmethod
     def _num_boxes(batch: TargetBatch, device) -> float:
         n = torch.tensor([float(len(batch.labels))], device=device)
         if dist.is_available() and dist.is_initialized():
@@ -354,23 +306,3 @@ class RTDETRCriterionv2(nn.Module):
             n = n / dist.get_world_size()
         return n.clamp(min=1).item()
 
-    @staticmethod
-    def dn_indices(dn_meta: dict, targets: List[dict]):
-        """Denoising pairs: per image, its positive dn queries against its targets repeated
-        once per group ([(query_idx [T·G], target_idx [T·G])])."""
-        groups = dn_meta["dn_num_group"]
-        out = []
-        for i, t in enumerate(targets):
-            n = len(t["labels"])
-            device = t["labels"].device
-            if n == 0:
-                empty = torch.zeros(0, dtype=torch.int64, device=device)
-                out.append((empty, empty))
-                continue
-            q = dn_meta["dn_positive_idx"][i].to(torch.int64)
-            tgt = torch.arange(n, dtype=torch.int64, device=device).repeat(groups)
-            if len(q) != len(tgt):
-                raise ValueError(f"dn_meta: image {i} has {len(q)} positive denoising queries "
-                                 f"for {n} targets x {groups} groups")
-            out.append((q, tgt))
-        return out

@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .box_ops import box_cxcywh_to_xyxy
+from ..ops.boxes import box_cxcywh_to_xyxy, enclosing_wh, paired_box_iou
 
 __all__ = ["BASE_KINDS", "parse_iou_kind", "iou_family_loss"]
 
@@ -48,26 +48,16 @@ def parse_iou_kind(kind: str) -> Tuple[str, bool]:
     return base, inner
 
 
-def _sides(xyxy: Tensor):
-    """Corners, clamped sizes and centre of xyxy boxes [..., 4]."""
+def _centre_size(xyxy: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Centre and clamped size (cx, cy, w, h), each [...], of xyxy boxes [..., 4]."""
     x1, y1, x2, y2 = xyxy.unbind(-1)
-    w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
-    return x1, y1, x2, y2, w, h, (x1 + x2) / 2, (y1 + y2) / 2
+    return (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
 
 
-def _iou(a, b, eps) -> Tuple[Tensor, Tensor]:
-    """IoU and union of two _sides tuples."""
-    iw = (torch.min(a[2], b[2]) - torch.max(a[0], b[0])).clamp(min=0)
-    ih = (torch.min(a[3], b[3]) - torch.max(a[1], b[1])).clamp(min=0)
-    inter = iw * ih
-    union = a[4] * a[5] + b[4] * b[5] - inter
-    return inter / union.clamp(min=eps), union
-
-
-def _scaled(cx, cy, w, h, r):
-    """_sides tuple of boxes scaled by r about their centres (Inner-IoU auxiliary boxes)."""
+def _scaled(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor, r: float) -> Tensor:
+    """xyxy [..., 4] of the boxes scaled by r about their centres (Inner-IoU auxiliary boxes)."""
     hw, hh = 0.5 * r * w, 0.5 * r * h
-    return cx - hw, cy - hh, cx + hw, cy + hh, r * w, r * h, cx, cy
+    return torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=-1)
 
 
 def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "giou",
@@ -91,27 +81,26 @@ def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "giou",
     elif box_format != "xyxy":
         raise ValueError(f"box_format must be 'cxcywh' or 'xyxy', got {box_format!r}")
 
-    a, b = _sides(pred), _sides(target)     # each: x1, y1, x2, y2, w, h, cx, cy   [...]
-    dx, dy = b[6] - a[6], b[7] - a[7]
+    acx, acy, aw, ah = _centre_size(pred)                               # each [...]
+    bcx, bcy, bw, bh = _centre_size(target)
+    dx, dy = bcx - acx, bcy - acy
     rho2 = dx * dx + dy * dy
 
     if base == "nwd":
-        dist2 = rho2 + ((a[4] - b[4]) ** 2 + (a[5] - b[5]) ** 2) / 4
+        dist2 = rho2 + ((aw - bw) ** 2 + (ah - bh) ** 2) / 4
         return 1 - torch.exp(-dist2.clamp(min=eps).sqrt() / nwd_constant)
 
-    iou, union = _iou(a, b, eps)
+    iou, union = paired_box_iou(pred, target, eps)
     if inner_ratio is not None:
-        inner_a = _scaled(a[6], a[7], a[4], a[5], inner_ratio)
-        inner_b = _scaled(b[6], b[7], b[4], b[5], inner_ratio)
-        overlap = _iou(inner_a, inner_b, eps)[0]
+        overlap = paired_box_iou(_scaled(acx, acy, aw, ah, inner_ratio),
+                                 _scaled(bcx, bcy, bw, bh, inner_ratio), eps)[0]
     else:
         overlap = iou
     loss = 1 - overlap
     if base == "iou":
         return loss
 
-    cw = (torch.max(a[2], b[2]) - torch.min(a[0], b[0])).clamp(min=0)   # enclosing box
-    ch = (torch.max(a[3], b[3]) - torch.min(a[1], b[1])).clamp(min=0)
+    cw, ch = enclosing_wh(pred, target)                                 # enclosing box
     if base == "giou":
         hull = cw * ch
         return loss + (hull - union) / hull.clamp(min=eps)
@@ -120,8 +109,8 @@ def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "giou",
         gamma = 2 - angle
         dist = (1 - torch.exp(-gamma * (dx / cw.clamp(min=eps)) ** 2)) \
             + (1 - torch.exp(-gamma * (dy / ch.clamp(min=eps)) ** 2))
-        om_w = (a[4] - b[4]).abs() / torch.max(a[4], b[4]).clamp(min=eps)
-        om_h = (a[5] - b[5]).abs() / torch.max(a[5], b[5]).clamp(min=eps)
+        om_w = (aw - bw).abs() / torch.max(aw, bw).clamp(min=eps)
+        om_h = (ah - bh).abs() / torch.max(ah, bh).clamp(min=eps)
         shape = (1 - torch.exp(-om_w)) ** siou_theta + (1 - torch.exp(-om_h)) ** siou_theta
         return loss + 0.5 * (dist + shape)
 
@@ -129,11 +118,11 @@ def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "giou",
     if base == "diou":
         return loss
     if base == "eiou":
-        return loss + (a[4] - b[4]) ** 2 / (cw * cw).clamp(min=eps) \
-            + (a[5] - b[5]) ** 2 / (ch * ch).clamp(min=eps)
+        return loss + (aw - bw) ** 2 / (cw * cw).clamp(min=eps) \
+            + (ah - bh) ** 2 / (ch * ch).clamp(min=eps)
     # ciou
-    v = (4 / math.pi ** 2) * (torch.atan(b[4] / b[5].clamp(min=eps))
-                              - torch.atan(a[4] / a[5].clamp(min=eps))) ** 2
+    v = (4 / math.pi ** 2) * (torch.atan(bw / bh.clamp(min=eps))
+                              - torch.atan(aw / ah.clamp(min=eps))) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v).clamp(min=eps)
     return loss + alpha * v

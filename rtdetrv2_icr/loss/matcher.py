@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from ..core.registry import register
-from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from ..ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 __all__ = ["HungarianMatcher"]
 

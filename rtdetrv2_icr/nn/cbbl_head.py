@@ -2,16 +2,39 @@
 
 The head replaces RT-DETRv2's 3-layer box MLP (same hidden layers, wider output). It returns the
 expected offset (inverse-sigmoid units, so the decoder refines boxes exactly as before) and the
-logits, which the criterion turns into ``loss_cbbl_ce`` / ``loss_cbbl_um`` (SPEC §4).
+logits, which the criterion turns into ``loss_cbbl_ce`` / ``loss_cbbl_um`` (docs/losses.md).
+
+One top-level ``cbbl`` section configures the heads and the criterion; `CBBLSettings` holds its
+keys and defaults.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from ..loss.cbbl import cbbl_grid, expected_offset
+from ..core.settings import settings_from
+from ..ops.cbbl_grid import cbbl_grid, expected_offset
+from .common import MLP
 
-__all__ = ["DistributionBoxHead"]
+__all__ = ["DistributionBoxHead", "CBBLSettings"]
+
+
+@dataclass(frozen=True)
+class CBBLSettings:
+    """The ``cbbl`` section: grid range ``alpha``, ``num_bins`` grid values, non-uniformity
+    ``beta``; ``replace_l1`` drops the L1 term from the loss."""
+    enabled: bool = False
+    alpha: float = 4.0
+    num_bins: int = 17
+    beta: float = 1.0
+    replace_l1: bool = False
+
+    @classmethod
+    def of(cls, cfg: Optional[dict], owner: str) -> "CBBLSettings":
+        return settings_from(cls, cfg, f"{owner}.cbbl")
 
 
 class DistributionBoxHead(nn.Module):
@@ -20,7 +43,6 @@ class DistributionBoxHead(nn.Module):
     def __init__(self, hidden_dim: int, num_bins: int = 17, alpha: float = 4.0, beta: float = 1.0,
                  num_layers: int = 3):
         super().__init__()
-        from .decoder import MLP  # the same MLP as the plain head, only the output is wider
         self.num_bins = num_bins
         self.mlp = MLP(hidden_dim, hidden_dim, 4 * num_bins, num_layers)
         # uniform distribution at start: the expected offset is 0, boxes start at their references

@@ -5,6 +5,7 @@ the state_dict layout of RT-DETRv2 checkpoints and must not be renamed.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "FrozenBatchNorm2d", "freeze_batch_norm2d", "get_activation", "ConvNormLayer",
-    "RepVggBlock", "CSPRepLayer",
+    "RepVggBlock", "CSPRepLayer", "MLP", "prior_prob_bias",
 ]
 
 
@@ -199,3 +200,29 @@ class CSPRepLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# heads
+# ----------------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    """``num_layers`` linear layers with an activation between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
+                 act: str = "relu"):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.act = get_activation(act, inplace=False)
+
+    def forward(self, x):
+        for k, layer in enumerate(self.layers):
+            x = layer(x)
+            if k < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+def prior_prob_bias(prob: float = 0.01) -> float:
+    """Bias b with sigmoid(b) = prob: classifiers start out predicting 'background' everywhere."""
+    return -math.log((1.0 - prob) / prob)

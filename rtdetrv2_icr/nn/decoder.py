@@ -29,7 +29,6 @@ Box heads are plain modules (``dec_bbox_head[l]``, ``enc_bbox_head``) called thr
 ``(offset, extras)`` whose ``extras`` dict of [B, n, ...] tensors is added to that layer's output
 dict (split like the boxes for denoising). This is where distribution heads (C-BBL) plug in.
 """
-import copy
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -37,97 +36,13 @@ import torch
 import torch.nn as nn
 
 from ..core.registry import register
-from .attention import MSDeformableAttention
-from .box_utils import inverse_sigmoid, prior_prob_bias
-from ..loss.cbbl import cbbl_settings
-from .cbbl_head import DistributionBoxHead
+from ..ops.boxes import inverse_sigmoid
+from .cbbl_head import CBBLSettings, DistributionBoxHead
+from .common import MLP, prior_prob_bias
+from .decoder_layer import DecoderStack, TransformerDecoderLayer
 from .denoising import build_denoising_group, check_targets
 
-__all__ = ["RTDETRTransformerv2", "MLP", "TransformerDecoderLayer"]
-
-
-def _activation(name) -> nn.Module:
-    if name is None:
-        return nn.Identity()
-    if isinstance(name, nn.Module):
-        return name
-    table = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU,
-             "leaky_relu": nn.LeakyReLU, "hardsigmoid": nn.Hardsigmoid}
-    key = str(name).lower()
-    if key not in table:
-        raise ValueError(f"unknown activation {name!r} (known: {sorted(table)})")
-    return table[key]()
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with an activation between them (none after the last)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 act: str = "relu"):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
-        self.act = _activation(act)
-
-    def forward(self, x):
-        for k, layer in enumerate(self.layers):
-            x = layer(x)
-            if k < len(self.layers) - 1:
-                x = self.act(x)
-        return x
-
-
-class TransformerDecoderLayer(nn.Module):
-    """Self-attention among queries, deformable cross-attention to memory, FFN (all post-norm)."""
-
-    def __init__(self, d_model=256, n_head=8, dim_feedforward=1024, dropout=0.0,
-                 activation="relu", n_levels=4, n_points=4, cross_attn_method="default"):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-
-        self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points,
-                                                method=cross_attn_method)
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.activation = _activation(activation)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
-        nn.init.xavier_uniform_(self.linear1.weight)
-        nn.init.xavier_uniform_(self.linear2.weight)
-
-    def forward(self, x, ref_boxes, memory, spatial_shapes, attn_mask=None, memory_mask=None,
-                pos=None):
-        """x [B, n, C], ref_boxes [B, n, 1, 4], memory [B, S, C], pos [B, n, C] -> [B, n, C]"""
-        q = x if pos is None else x + pos
-        attended = self.self_attn(q, q, value=x, attn_mask=attn_mask, need_weights=False)[0]
-        x = self.norm1(x + self.dropout1(attended))
-
-        q = x if pos is None else x + pos
-        sampled = self.cross_attn(q, ref_boxes, memory, spatial_shapes, memory_mask)
-        x = self.norm2(x + self.dropout2(sampled))
-
-        ffn = self.linear2(self.dropout3(self.activation(self.linear1(x))))
-        return self.norm3(x + self.dropout4(ffn))
-
-
-class _DecoderStack(nn.Module):
-    """Holds the decoder layers (state_dict prefix ``decoder.layers.<i>``); the loop lives in
-    :class:`RTDETRTransformerv2` because it needs the per-layer heads."""
-
-    def __init__(self, layer: nn.Module, num_layers: int, eval_idx: int = -1):
-        super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
-        self.num_layers = num_layers
-        self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
-        if not 0 <= self.eval_idx < num_layers:
-            raise ValueError(f"RTDETRTransformerv2: eval_idx {eval_idx} is outside "
-                             f"the {num_layers} decoder layers")
+__all__ = ["RTDETRTransformerv2"]
 
 
 @register()
@@ -159,7 +74,7 @@ class RTDETRTransformerv2(nn.Module):
                  query_select_method="default",
                  cbbl=None):
         super().__init__()
-        self.cbbl = cbbl_settings(cbbl, "RTDETRTransformerv2")
+        self.cbbl = CBBLSettings.of(cbbl, "RTDETRTransformerv2")
         feat_channels, feat_strides = list(feat_channels), list(feat_strides)
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
             raise ValueError(f"RTDETRTransformerv2: feat_channels {feat_channels} and feat_strides "
@@ -194,7 +109,7 @@ class RTDETRTransformerv2(nn.Module):
         self.input_proj = self._input_projections(feat_channels)
         layer = TransformerDecoderLayer(hidden_dim, nhead, dim_feedforward, dropout, activation,
                                         num_levels, num_points, cross_attn_method)
-        self.decoder = _DecoderStack(layer, num_layers, eval_idx)
+        self.decoder = DecoderStack(layer, num_layers, eval_idx)
 
         if num_denoising > 0:  # the extra row (index num_classes) is the padding class
             self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim,
@@ -228,27 +143,25 @@ class RTDETRTransformerv2(nn.Module):
     def build_box_head(self) -> nn.Module:
         """One box head: hidden state [.., C] -> offset [.., 4] (inverse-sigmoid units).
 
-        With ``cbbl.enabled`` a distribution head (SPEC §4) that also returns its logits as
+        With ``cbbl.enabled`` a distribution head (docs/losses.md) that also returns its logits as
         ``pred_box_dist`` [.., 4, num_bins]; otherwise upstream's 3-layer MLP."""
-        if self.cbbl["enabled"]:
-            return DistributionBoxHead(self.hidden_dim, self.cbbl["num_bins"], self.cbbl["alpha"],
-                                       self.cbbl["beta"])
+        if self.cbbl.enabled:
+            return DistributionBoxHead(self.hidden_dim, self.cbbl.num_bins, self.cbbl.alpha,
+                                       self.cbbl.beta)
         return MLP(self.hidden_dim, self.hidden_dim, 4, 3)
 
     def _input_projections(self, feat_channels: List[int]) -> nn.ModuleList:
-        projections = nn.ModuleList()
-        for c in feat_channels:  # 1x1 conv + BN per given level
-            projections.append(nn.Sequential(OrderedDict([
-                ("conv", nn.Conv2d(c, self.hidden_dim, 1, bias=False)),
+        """1x1 conv + BN per given level; a 3x3 stride-2 conv + BN per extra level."""
+        def conv_bn(c_in: int, kernel: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(OrderedDict([
+                ("conv", nn.Conv2d(c_in, self.hidden_dim, kernel, stride, padding=kernel // 2,
+                                   bias=False)),
                 ("norm", nn.BatchNorm2d(self.hidden_dim)),
-            ])))
-        c = feat_channels[-1]
-        for _ in range(self.num_levels - len(feat_channels)):  # 3x3 stride-2 conv per extra level
-            projections.append(nn.Sequential(OrderedDict([
-                ("conv", nn.Conv2d(c, self.hidden_dim, 3, 2, padding=1, bias=False)),
-                ("norm", nn.BatchNorm2d(self.hidden_dim)),
-            ])))
-            c = self.hidden_dim
+            ]))
+        projections = nn.ModuleList(conv_bn(c, 1, 1) for c in feat_channels)
+        extra = self.num_levels - len(feat_channels)
+        for k in range(extra):
+            projections.append(conv_bn(feat_channels[-1] if k == 0 else self.hidden_dim, 3, 2))
         return projections
 
     def _init_weights(self):

@@ -24,7 +24,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .box_utils import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
+from ..ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 
 __all__ = ["DenoisingGroup", "build_denoising_group", "denoising_attn_mask", "check_targets"]
 
@@ -118,12 +118,12 @@ def build_denoising_group(targets: Sequence[Dict[str, torch.Tensor]],
 
     if box_noise_scale > 0:
         # move every corner by up to half the box size (positives) or 1..2 times it (negatives)
-        corners = cxcywh_to_xyxy(boxes)
+        corners = box_cxcywh_to_xyxy(boxes)
         half_size = (boxes[..., 2:] * 0.5).repeat(1, 1, 2) * box_noise_scale
         sign = torch.randint(0, 2, boxes.shape, device=device).to(boxes.dtype) * 2.0 - 1.0
         magnitude = torch.rand(boxes.shape, device=device) + negative
         corners = (corners + sign * magnitude * half_size).clamp(0.0, 1.0)
-        boxes = xyxy_to_cxcywh(corners)
+        boxes = box_xyxy_to_cxcywh(corners)
     ref_unact = inverse_sigmoid(boxes)
 
     # positives of image i, as indices into the denoising queries: group g, slot j -> 2*M*g + j

@@ -4,14 +4,12 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..core.mscoco import MSCOCO_CATEGORY_IDS
 from ..core.registry import register
-from .box_utils import cxcywh_to_xyxy
+from ..ops.boxes import box_cxcywh_to_xyxy
 
 __all__ = ["RTDETRPostProcessor", "MSCOCO_CATEGORY_IDS"]
 
-# COCO's 80 category ids in label order (ids 1..90 minus the 10 that were never used)
-_UNUSED_COCO_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
-MSCOCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in _UNUSED_COCO_IDS]
 
 LabelMap = Union[Mapping[int, int], Sequence[int], torch.Tensor]
 
@@ -84,7 +82,7 @@ class RTDETRPostProcessor(nn.Module):
             raise ValueError(f"RTDETRPostProcessor: orig_target_sizes must be [B, 2] (width, height) "
                              f"for B={boxes.shape[0]}, got {tuple(orig_target_sizes.shape)}")
         scale = orig_target_sizes.to(boxes.dtype).repeat(1, 2)[:, None]  # [B, 1, 4] = (w, h, w, h)
-        pixels = cxcywh_to_xyxy(boxes) * scale
+        pixels = box_cxcywh_to_xyxy(boxes) * scale
         labels, pixels, scores = self._select(logits, pixels)
 
         if self.deploy_mode:

@@ -1,4 +1,4 @@
-"""Box geometry: format conversions, areas, pairwise and paired IoU / GIoU.
+"""Box geometry: format conversions, areas, pairwise and paired IoU / GIoU, containment.
 
 Boxes are ``[..., 4]`` tensors, either ``cxcywh`` (centre, size) or ``xyxy`` (corners).
 Every function is differentiable and safe on degenerate input: widths and heights of
@@ -8,6 +8,8 @@ zero-area or far-apart boxes give finite values and finite gradients. For ordina
 
     pairwise: box_iou(a [N,4], b [M,4]) -> [N,M]      (every a against every b)
     paired:   paired_box_iou(a [...,4], b [...,4]) -> [...]   (a[i] against b[i])
+    containment(child [...,4], parent [...,4]) -> [...]; broadcast for all pairs:
+              containment(c[:, None], p[None]) -> [N,M]
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from torch import Tensor
 
 __all__ = [
     "box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_area", "box_iou", "generalized_box_iou",
-    "paired_intersection", "paired_box_iou", "paired_generalized_box_iou",
+    "paired_intersection", "paired_box_iou", "paired_generalized_box_iou", "enclosing_wh",
+    "containment", "inverse_sigmoid",
 ]
 
 EPS = 1e-7
@@ -39,6 +42,12 @@ def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
 def box_area(xyxy: Tensor) -> Tensor:
     """[..., 4] xyxy -> [...] area, 0 for inverted boxes."""
     return (xyxy[..., 2] - xyxy[..., 0]).clamp(min=0) * (xyxy[..., 3] - xyxy[..., 1]).clamp(min=0)
+
+
+def inverse_sigmoid(p: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(p), with p clamped into [0, 1] and both p and 1 - p floored at ``eps`` (always finite)."""
+    p = p.clamp(0.0, 1.0)
+    return torch.log(p.clamp(min=eps) / (1.0 - p).clamp(min=eps))
 
 
 # ---- pairwise (N x M) ---------------------------------------------------------------------
@@ -82,10 +91,29 @@ def paired_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tuple[Tensor, Tens
     return inter / union.clamp(min=eps), union
 
 
+def enclosing_wh(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Width and height [...] of the smallest box enclosing a[i] and b[i] (xyxy [..., 4])."""
+    w = (torch.max(a[..., 2], b[..., 2]) - torch.min(a[..., 0], b[..., 0])).clamp(min=0)
+    h = (torch.max(a[..., 3], b[..., 3]) - torch.min(a[..., 1], b[..., 1])).clamp(min=0)
+    return w, h
+
+
 def paired_generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
     """GIoU of a[i] with b[i] (xyxy [..., 4]) -> [...]."""
     iou, union = paired_box_iou(a, b, eps)
-    hw = (torch.max(a[..., 2], b[..., 2]) - torch.min(a[..., 0], b[..., 0])).clamp(min=0)
-    hh = (torch.max(a[..., 3], b[..., 3]) - torch.min(a[..., 1], b[..., 1])).clamp(min=0)
+    hw, hh = enclosing_wh(a, b)
     hull = hw * hh
     return iou - (hull - union) / hull.clamp(min=eps)
+
+
+def containment(child: Tensor, parent: Tensor, eps: float = EPS) -> Tensor:
+    """Share of each child box inside its parent box, area(child ∩ parent) / area(child).
+
+    child, parent: xyxy [..., 4] (broadcast) -> [...] in [0, 1]. A child inside its parent gives
+    exactly 1 (intersection and area are the same products). The ICR penalty scores a predicted
+    plate with it; the data side pairs annotations and checks links with it.
+    """
+    lo, hi = child[..., :2], child[..., 2:]
+    inter = (torch.min(hi, parent[..., 2:]) - torch.max(lo, parent[..., :2])).clamp(min=0)
+    area = (hi - lo).clamp(min=0)
+    return inter.prod(-1) / area.prod(-1).clamp(min=eps)

@@ -1,0 +1,48 @@
+"""Running a detector over a loader: detections go to an evaluator, a few images to TensorBoard.
+
+Used by the trainer's evaluation and by tools/eval.py (through the trainer).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List
+
+import torch
+
+from .summaries import vis_items
+
+__all__ = ["targets_to", "float_outputs", "run_inference"]
+
+
+def targets_to(x: Any, device: torch.device) -> Any:
+    """Targets (list of dicts of tensors) moved to ``device``."""
+    return [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+             for k, v in t.items()} for t in x]
+
+
+def float_outputs(x: Any) -> Any:
+    """Model outputs cast to fp32 (after an autocast forward, the criterion runs in fp32)."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() and x.dtype != torch.float32 else x
+    if isinstance(x, dict):
+        return {k: float_outputs(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(float_outputs(v) for v in x)
+    return x
+
+
+@torch.no_grad()
+def run_inference(module, postprocessor, loader, evaluator, device: torch.device,
+                  autocast: Callable, n_vis: int = 0) -> List[Any]:
+    """Feed ``evaluator.update`` with the post-processed detections of every batch (boxes in
+    original-image pixels, keyed by image id); returns up to ``n_vis`` (image, gt, pred) items."""
+    vis: List[Any] = []
+    for samples, targets in loader:
+        samples, targets = samples.to(device, non_blocking=True), targets_to(targets, device)
+        with autocast():
+            outputs = float_outputs(module(samples))
+        orig = torch.stack([t["orig_size"] for t in targets], 0).to(device)
+        results = postprocessor(outputs, orig)
+        evaluator.update({int(t["image_id"].reshape(-1)[0]): r for t, r in zip(targets, results)})
+        if len(vis) < n_vis:
+            vis += vis_items(postprocessor, samples, targets, outputs, evaluator, n_vis - len(vis))
+    return vis
