@@ -3,7 +3,13 @@
 Importing the package registers every component (models, losses, datasets,
 transforms, optimisers) so that configs can name them.
 """
-from . import core  # noqa: F401  (registry first)
-from . import nn, loss, data, engine  # noqa: F401
+
+from . import (  # noqa: F401
+    core,  # noqa: F401  (registry first)
+    data,
+    engine,
+    loss,
+    nn,
+)
 
 __version__ = "0.1.0"

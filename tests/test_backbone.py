@@ -3,6 +3,7 @@
 Pinned numbers (parameter counts, state_dict key/shape digests) were measured on upstream
 rtdetrv2_pytorch's PResNet with the settings of its r18vd/r34vd/r50vd/r101vd configs.
 """
+
 import hashlib
 
 import pytest
@@ -12,12 +13,17 @@ import torch.nn as nn
 import rtdetrv2_icr  # noqa: F401  (registers components)
 from rtdetrv2_icr.core.registry import create
 from rtdetrv2_icr.nn.backbone import PRETRAINED_URLS, PResNet
-from rtdetrv2_icr.nn.common import (ConvNormLayer, FrozenBatchNorm2d, freeze_batch_norm2d,
-                                    get_activation)
+from rtdetrv2_icr.nn.common import (
+    ConvNormLayer,
+    FrozenBatchNorm2d,
+    freeze_batch_norm2d,
+    get_activation,
+)
 
 torch.set_num_threads(1)
 
-# depth -> (kwargs of upstream's config, total params, trainable params, #state_dict keys, key digest)
+# depth -> (kwargs of upstream's config, total params, trainable params, #state_dict keys, key
+# digest)
 CONFIGS = {
     18: (dict(freeze_at=-1, freeze_norm=False), 11_199_968, 11_199_968, 138, "44c313d87673f904"),
     34: (dict(freeze_at=-1, freeze_norm=False), 21_308_128, 21_308_128, 234, "5b61ae2bb9c81434"),
@@ -55,8 +61,8 @@ def test_state_dict_key_sample(config_backbones):
     expect18 = {
         "conv1.conv1_1.conv.weight": (32, 3, 3, 3),
         "conv1.conv1_3.norm.num_batches_tracked": (),
-        "res_layers.0.blocks.0.short.conv.weight": (64, 64, 1, 1),          # stage 2: stride-1 projection
-        "res_layers.1.blocks.0.short.conv.conv.weight": (128, 64, 1, 1),    # vd: pool -> conv
+        "res_layers.0.blocks.0.short.conv.weight": (64, 64, 1, 1),  # stage 2: stride-1 projection
+        "res_layers.1.blocks.0.short.conv.conv.weight": (128, 64, 1, 1),  # vd: pool -> conv
         "res_layers.1.blocks.0.branch2a.conv.weight": (128, 64, 3, 3),
         "res_layers.3.blocks.1.branch2b.norm.running_var": (512,),
     }
@@ -73,21 +79,29 @@ def test_state_dict_key_sample(config_backbones):
     }
     for k, shape in expect50.items():
         assert tuple(sd50[k].shape) == shape, k
-    assert not any(k.endswith("num_batches_tracked") for k in sd50)          # FrozenBN has none
+    assert not any(k.endswith("num_batches_tracked") for k in sd50)  # FrozenBN has none
 
 
 # ---------------------------------------------------------------------------------------------
 # shapes, strides, structure
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("depth,channels", [(18, [64, 128, 256, 512]), (34, [64, 128, 256, 512]),
-                                            (50, [256, 512, 1024, 2048]), (101, [256, 512, 1024, 2048])])
+@pytest.mark.parametrize(
+    "depth,channels",
+    [
+        (18, [64, 128, 256, 512]),
+        (34, [64, 128, 256, 512]),
+        (50, [256, 512, 1024, 2048]),
+        (101, [256, 512, 1024, 2048]),
+    ],
+)
 def test_output_shapes_and_strides(config_backbones, depth, channels):
     m = config_backbones[depth].eval()
     assert m.out_channels == channels[1:] and m.out_strides == [8, 16, 32]
     with torch.no_grad():
         outs = m(torch.randn(1, 3, 64, 96))
-    assert [tuple(o.shape) for o in outs] == [(1, c, 64 // s, 96 // s)
-                                             for c, s in zip(channels[1:], [8, 16, 32])]
+    assert [tuple(o.shape) for o in outs] == [
+        (1, c, 64 // s, 96 // s) for c, s in zip(channels[1:], [8, 16, 32])
+    ]
 
 
 @pytest.mark.parametrize("return_idx", [[0, 1, 2, 3], [3], [0, 2]])
@@ -117,7 +131,9 @@ def test_variants_stem_and_shortcut():
     b = PResNet(50, variant="b", freeze_norm=False)
     a = PResNet(50, variant="a", freeze_norm=False)
     assert [n for n, _ in d.conv1.named_children()] == ["conv1_1", "conv1_2", "conv1_3"]
-    assert [n for n, _ in b.conv1.named_children()] == ["conv1_1"] and b.conv1.conv1_1.conv.kernel_size == (7, 7)
+    assert [n for n, _ in b.conv1.named_children()] == [
+        "conv1_1"
+    ] and b.conv1.conv1_1.conv.kernel_size == (7, 7)
     # down-sampling shortcut: vd = avg-pool + 1x1 conv, b = strided 1x1 conv
     short_d = d.res_layers[1].blocks[0].short
     assert isinstance(short_d.pool, nn.AvgPool2d) and short_d.conv.conv.stride == (1, 1)
@@ -138,7 +154,7 @@ def test_variants_stem_and_shortcut():
 def test_freeze_at(freeze_at):
     m = PResNet(18, freeze_at=freeze_at, freeze_norm=False)
     frozen_parts = [] if freeze_at < 0 else [m.conv1] + list(m.res_layers[:freeze_at])
-    free_parts = list(m.res_layers[max(freeze_at, 0):]) + ([m.conv1] if freeze_at < 0 else [])
+    free_parts = list(m.res_layers[max(freeze_at, 0) :]) + ([m.conv1] if freeze_at < 0 else [])
     assert all(not p.requires_grad for part in frozen_parts for p in part.parameters())
     assert all(p.requires_grad for part in free_parts for p in part.parameters())
 
@@ -147,7 +163,11 @@ def test_freeze_norm():
     m = PResNet(18, freeze_norm=True)
     assert not any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
     n_frozen = sum(isinstance(x, FrozenBatchNorm2d) for x in m.modules())
-    assert n_frozen == sum(isinstance(x, nn.BatchNorm2d) for x in PResNet(18, freeze_norm=False).modules()) == 23
+    assert (
+        n_frozen
+        == sum(isinstance(x, nn.BatchNorm2d) for x in PResNet(18, freeze_norm=False).modules())
+        == 23
+    )
     assert isinstance(m.conv1.conv1_1.norm, FrozenBatchNorm2d)
 
 
@@ -155,7 +175,10 @@ def test_frozen_bn_matches_batchnorm_eval_and_keeps_stats():
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(8, eps=1e-3)
     with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5); bn.bias.normal_(); bn.running_mean.normal_(); bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
     block = nn.Sequential(nn.Conv2d(3, 8, 3), bn).eval()
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
@@ -198,7 +221,8 @@ def test_pretrained_from_local_path(tmp_path):
             p.add_(0.01 * torch.randn_like(p))
         for mod in src.modules():
             if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1); mod.running_var.uniform_(0.5, 2.0)
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
     path = tmp_path / "r18.pth"
     torch.save(src.state_dict(), path)
 
@@ -223,8 +247,8 @@ def test_pretrained_errors(tmp_path):
 
 
 def test_pretrained_url_offline_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))        # nothing cached, nothing written elsewhere
-    url = "http://127.0.0.1:9/x.pth"                        # discard port: connection refused
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached, nothing written elsewhere
+    url = "http://127.0.0.1:9/x.pth"  # discard port: connection refused
     with pytest.raises(RuntimeError, match="127.0.0.1:9/x.pth") as err:
         PResNet(18, pretrained=url)
     assert "pretrained: /path/to/x.pth" in str(err.value)
@@ -249,7 +273,9 @@ def test_pretrained_true_uses_official_url(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def test_get_activation():
     assert isinstance(get_activation("relu"), nn.ReLU) and get_activation("relu").inplace
-    assert isinstance(get_activation("SiLU"), nn.SiLU) and isinstance(get_activation("swish"), nn.SiLU)
+    assert isinstance(get_activation("SiLU"), nn.SiLU) and isinstance(
+        get_activation("swish"), nn.SiLU
+    )
     assert not get_activation("silu", inplace=False).inplace
     assert isinstance(get_activation("gelu"), nn.GELU)
     assert isinstance(get_activation("leaky_relu"), nn.LeakyReLU)
@@ -264,13 +290,28 @@ def test_get_activation():
 
 def test_conv_norm_layer_names_and_shape():
     layer = ConvNormLayer(4, 8, 3, 2, act="relu")
-    assert set(layer.state_dict()) == {"conv.weight", "norm.weight", "norm.bias", "norm.running_mean",
-                                       "norm.running_var", "norm.num_batches_tracked"}
+    assert set(layer.state_dict()) == {
+        "conv.weight",
+        "norm.weight",
+        "norm.bias",
+        "norm.running_mean",
+        "norm.running_var",
+        "norm.num_batches_tracked",
+    }
     assert layer(torch.randn(1, 4, 9, 9)).shape == (1, 8, 5, 5)
 
 
 def test_build_from_config_section():
-    cfg = {"PResNet": {"depth": 18, "variant": "d", "freeze_at": -1, "return_idx": [1, 2, 3],
-                       "num_stages": 4, "freeze_norm": False, "pretrained": False}}
+    cfg = {
+        "PResNet": {
+            "depth": 18,
+            "variant": "d",
+            "freeze_at": -1,
+            "return_idx": [1, 2, 3],
+            "num_stages": 4,
+            "freeze_norm": False,
+            "pretrained": False,
+        }
+    }
     m = create("PResNet", cfg)
     assert isinstance(m, PResNet) and m.out_channels == [128, 256, 512]

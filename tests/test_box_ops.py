@@ -1,10 +1,18 @@
 """Box conversions, areas and pairwise / paired IoU and GIoU (vs torchvision)."""
+
 import torch
 import torchvision
 
-from rtdetrv2_icr.ops.boxes import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh,
-                                       generalized_box_iou, paired_box_iou,
-                                       paired_generalized_box_iou, paired_intersection)
+from rtdetrv2_icr.ops.boxes import (
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    generalized_box_iou,
+    paired_box_iou,
+    paired_generalized_box_iou,
+    paired_intersection,
+)
 
 
 def rand_xyxy(n, seed):
@@ -30,7 +38,9 @@ def test_pairwise_matches_torchvision():
     a, b = rand_xyxy(7, 1), rand_xyxy(5, 2)
     iou, union = box_iou(a, b)
     assert torch.allclose(iou, torchvision.ops.box_iou(a, b), atol=1e-6)
-    assert torch.allclose(generalized_box_iou(a, b), torchvision.ops.generalized_box_iou(a, b), atol=1e-6)
+    assert torch.allclose(
+        generalized_box_iou(a, b), torchvision.ops.generalized_box_iou(a, b), atol=1e-6
+    )
     assert torch.allclose(union, box_area(a)[:, None] + box_area(b)[None] - iou * union, atol=1e-6)
 
 
@@ -49,16 +59,22 @@ def test_hand_computed_iou_giou():
 
 
 def test_degenerate_boxes_finite_values_and_gradients():
-    a = torch.tensor([[0.5, 0.5, 0.5, 0.5],      # point
-                      [0.2, 0.2, 0.1, 0.1],      # inverted
-                      [0.1, 0.1, 0.3, 0.3],      # identical to its partner
-                      [0.0, 0.0, 0.01, 0.01]], requires_grad=True)
-    b = torch.tensor([[0.5, 0.5, 0.5, 0.5],
-                      [0.0, 0.0, 0.3, 0.3],
-                      [0.1, 0.1, 0.3, 0.3],
-                      [0.9, 0.9, 1.0, 1.0]])      # far apart
-    for fn in (lambda: box_iou(a, b)[0].sum() + generalized_box_iou(a, b).sum(),
-               lambda: paired_box_iou(a, b)[0].sum() + paired_generalized_box_iou(a, b).sum()):
+    a = torch.tensor(
+        [
+            [0.5, 0.5, 0.5, 0.5],  # point
+            [0.2, 0.2, 0.1, 0.1],  # inverted
+            [0.1, 0.1, 0.3, 0.3],  # identical to its partner
+            [0.0, 0.0, 0.01, 0.01],
+        ],
+        requires_grad=True,
+    )
+    b = torch.tensor(
+        [[0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.3, 0.3], [0.1, 0.1, 0.3, 0.3], [0.9, 0.9, 1.0, 1.0]]
+    )  # far apart
+    for fn in (
+        lambda: box_iou(a, b)[0].sum() + generalized_box_iou(a, b).sum(),
+        lambda: paired_box_iou(a, b)[0].sum() + paired_generalized_box_iou(a, b).sum(),
+    ):
         a.grad = None
         v = fn()
         v.backward()

@@ -1,4 +1,5 @@
-"""C-BBL heads and loss terms, scale-balanced and IoU-balanced weighting in the criterion (issue 7)."""
+"""C-BBL heads and loss terms, scale-balanced and IoU-balanced weighting in the criterion."""
+
 import pytest
 import torch
 
@@ -11,12 +12,20 @@ TINY = "configs/demo/rtdetrv2_tiny.yml"
 
 def targets():
     # image 0: a vehicle with its plate inside, a second vehicle; image 1: no objects
-    return [{"labels": torch.tensor([0, 1, 1]),
-             "boxes": torch.tensor([[0.30, 0.60, 0.08, 0.04], [0.30, 0.50, 0.30, 0.30],
-                                    [0.75, 0.40, 0.25, 0.35]]),
-             "parent_idx": torch.tensor([1, -1, -1])},
-            {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4),
-             "parent_idx": torch.zeros(0, dtype=torch.long)}]
+    return [
+        {
+            "labels": torch.tensor([0, 1, 1]),
+            "boxes": torch.tensor(
+                [[0.30, 0.60, 0.08, 0.04], [0.30, 0.50, 0.30, 0.30], [0.75, 0.40, 0.25, 0.35]]
+            ),
+            "parent_idx": torch.tensor([1, -1, -1]),
+        },
+        {
+            "labels": torch.zeros(0, dtype=torch.long),
+            "boxes": torch.zeros(0, 4),
+            "parent_idx": torch.zeros(0, dtype=torch.long),
+        },
+    ]
 
 
 def build(**over):
@@ -41,7 +50,7 @@ def test_cbbl_disabled_keeps_state_dict_and_enabled_adds_dist_heads():
     # the box heads' last layers predict 4 x 9 logits (decoder layers and encoder proposals)
     assert on["decoder.dec_bbox_head.0.mlp.layers.2.weight"].shape == (36, 64)
     assert on["decoder.enc_bbox_head.mlp.layers.2.bias"].shape == (36,)
-    assert not any(k.endswith("grid") for k in on)          # the grid is fixed, not saved
+    assert not any(k.endswith("grid") for k in on)  # the grid is fixed, not saved
 
 
 def test_cbbl_outputs_everywhere_and_boxes_inside_unit_square():
@@ -59,9 +68,18 @@ def test_cbbl_outputs_everywhere_and_boxes_inside_unit_square():
 
 
 def test_cbbl_loss_terms_weights_and_gradient():
-    model, crit = build(cbbl={"enabled": True}, RTDETRCriterionv2={
-        "weight_dict": {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2,
-                        "loss_cbbl_ce": 0.5, "loss_cbbl_um": 0.25}})
+    model, crit = build(
+        cbbl={"enabled": True},
+        RTDETRCriterionv2={
+            "weight_dict": {
+                "loss_vfl": 1,
+                "loss_bbox": 5,
+                "loss_giou": 2,
+                "loss_cbbl_ce": 0.5,
+                "loss_cbbl_um": 0.25,
+            }
+        },
+    )
     out, losses = run(model, crit)
     for suffix in ["", "_enc_0", "_dn_0"]:
         assert torch.isfinite(losses["loss_cbbl_ce" + suffix])
@@ -92,8 +110,8 @@ def test_icr_applies_to_cbbl_terms_when_listed():
     # every final-layer prediction sits in the bottom-right corner, outside the plate's vehicle
     out = dict(out, pred_boxes=torch.tensor([0.9, 0.9, 0.1, 0.1]).expand_as(out["pred_boxes"]))
     a, b = base(out, targets()), icr(out, targets())
-    assert icr.last_icr_stats["icr_factor_mean"] == pytest.approx(3.5)   # C = 0: 1 + 2.5
-    assert torch.equal(a["loss_bbox"], b["loss_bbox"])                # L1 not listed: unchanged
+    assert icr.last_icr_stats["icr_factor_mean"] == pytest.approx(3.5)  # C = 0: 1 + 2.5
+    assert torch.equal(a["loss_bbox"], b["loss_bbox"])  # L1 not listed: unchanged
     assert b["loss_cbbl_ce"] > a["loss_cbbl_ce"]
     assert torch.equal(a["loss_vfl"], b["loss_vfl"])
 
@@ -103,15 +121,16 @@ def test_scale_balanced_matches_formula_on_the_criterion():
     out, _ = run(model, base)
     _, scb = build(RTDETRCriterionv2={"scale_balanced": {"enabled": True, "normalize": False}})
     a, b = base(out, targets()), scb(out, targets())
-    w = scb.last_scale_weights                                # [3] for the 3 targets
-    counts = torch.tensor([1, 1, 1])                                   # recompute M_g by hand
+    w = scb.last_scale_weights  # [3] for the 3 targets
+    counts = torch.tensor([1, 1, 1])  # recompute M_g by hand
     from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, box_iou
+
     props = box_cxcywh_to_xyxy(out["enc_aux_outputs"][0]["pred_boxes"][0].detach())
     iou = box_iou(props, box_cxcywh_to_xyxy(targets()[0]["boxes"]))[0]
     counts = (iou >= 0.5).sum(0).clamp_min(1)
     assert torch.allclose(w, scale_balanced_weights(counts, 1.0, 3.0, normalize=False))
     assert not torch.equal(a["loss_bbox"], b["loss_bbox"])
-    assert torch.equal(a["loss_vfl"], b["loss_vfl"])                  # classification untouched
+    assert torch.equal(a["loss_vfl"], b["loss_vfl"])  # classification untouched
 
 
 def test_iou_balanced_keeps_every_total_but_changes_gradients():
@@ -120,12 +139,14 @@ def test_iou_balanced_keeps_every_total_but_changes_gradients():
     # final-layer predictions: the three objects of image 0, each shifted by a different amount
     # (so the matched pairs have different IoUs), the other queries far away in a corner
     boxes = torch.tensor([0.95, 0.95, 0.02, 0.02]).repeat(2, 30, 1)
-    boxes[0, :3] = targets()[0]["boxes"] + torch.tensor([[0.01, 0, 0, 0], [0.06, 0.03, 0, 0],
-                                                         [0.10, 0.08, 0.02, 0]])
+    boxes[0, :3] = targets()[0]["boxes"] + torch.tensor(
+        [[0.01, 0, 0, 0], [0.06, 0.03, 0, 0], [0.10, 0.08, 0.02, 0]]
+    )
     boxes.requires_grad_(True)
     out = dict(out, pred_boxes=boxes)
-    _, iob = build(RTDETRCriterionv2={"iou_balanced": {"enabled": True, "loc_lambda": 1.5,
-                                                        "cls_eta": 1.5}})
+    _, iob = build(
+        RTDETRCriterionv2={"iou_balanced": {"enabled": True, "loc_lambda": 1.5, "cls_eta": 1.5}}
+    )
     a, b = base(out, targets()), iob(out, targets())
     assert a.keys() == b.keys()
     for k in a:
@@ -143,9 +164,14 @@ COMBOS = {
     "icr_cbbl": dict(cbbl={"enabled": True}, RTDETRCriterionv2={"icr": {"enabled": True}}),
     "scb": dict(RTDETRCriterionv2={"scale_balanced": {"enabled": True}}),
     "ioub": dict(RTDETRCriterionv2={"iou_balanced": {"enabled": True}}),
-    "all": dict(cbbl={"enabled": True, "replace_l1": True}, RTDETRCriterionv2={
-        "icr": {"enabled": True, "terms": ["iou", "l1", "cbbl_ce"]},
-        "scale_balanced": {"enabled": True}, "iou_balanced": {"enabled": True}}),
+    "all": dict(
+        cbbl={"enabled": True, "replace_l1": True},
+        RTDETRCriterionv2={
+            "icr": {"enabled": True, "terms": ["iou", "l1", "cbbl_ce"]},
+            "scale_balanced": {"enabled": True},
+            "iou_balanced": {"enabled": True},
+        },
+    ),
 }
 
 
@@ -153,8 +179,11 @@ COMBOS = {
 def test_training_steps_stay_finite(name):
     """200 AdamW steps on two fixed images for every option and the full combination (the
     backbone is frozen to keep this fast: the options live in the heads and the loss)."""
-    model, crit = build(**COMBOS[name], RTDETRTransformerv2={"num_queries": 10, "num_denoising": 6},
-                        PResNet={"freeze_at": 4})
+    model, crit = build(
+        **COMBOS[name],
+        RTDETRTransformerv2={"num_queries": 10, "num_denoising": 6},
+        PResNet={"freeze_at": 4},
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     model.train()

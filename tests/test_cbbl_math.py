@@ -1,4 +1,5 @@
 """C-BBL grid, two-hot targets and losses (docs/losses.md) on hand-made cases."""
+
 import math
 
 import pytest
@@ -23,7 +24,12 @@ def test_grid_values_match_formula():
     g = cbbl_grid(alpha, n + 1, beta, dtype=torch.float64)
     for i in (0, 3, 8, 11, 16):
         u = -alpha + 2 * alpha * i / n
-        expect = math.copysign(1, u) * alpha * (math.exp(beta * abs(u)) - 1) / (math.exp(alpha * beta) - 1)
+        expect = (
+            math.copysign(1, u)
+            * alpha
+            * (math.exp(beta * abs(u)) - 1)
+            / (math.exp(alpha * beta) - 1)
+        )
         assert g[i].item() == pytest.approx(expect if u != 0 else 0.0, abs=1e-12)
     # beta -> 0 tends to the uniform grid
     uniform = cbbl_grid(alpha, n + 1, 0.0, dtype=torch.float64)
@@ -34,8 +40,13 @@ def test_grid_values_match_formula():
 @pytest.mark.parametrize("beta", [0.0, 1.0, 1.7])
 def test_two_hot_recovers_delta_across_range(beta):
     g = cbbl_grid(4.0, 17, beta, dtype=torch.float64)
-    delta = torch.cat([torch.linspace(-4.0, 4.0, 1001, dtype=torch.float64), g,   # grid points too
-                       torch.tensor([-4.0, 4.0], dtype=torch.float64)])
+    delta = torch.cat(
+        [
+            torch.linspace(-4.0, 4.0, 1001, dtype=torch.float64),
+            g,  # grid points too
+            torch.tensor([-4.0, 4.0], dtype=torch.float64),
+        ]
+    )
     t = two_hot(delta, g)
     assert torch.allclose(t.sum(-1), torch.ones_like(delta))
     assert (t >= 0).all()
@@ -44,7 +55,7 @@ def test_two_hot_recovers_delta_across_range(beta):
 
 
 def test_two_hot_clamps_outside_range_and_hand_case():
-    g = cbbl_grid(2.0, 5, 0.0, dtype=torch.float64)      # [-2, -1, 0, 1, 2]
+    g = cbbl_grid(2.0, 5, 0.0, dtype=torch.float64)  # [-2, -1, 0, 1, 2]
     t = two_hot(torch.tensor([0.25, 9.0, -9.0], dtype=torch.float64), g)
     assert torch.allclose(t[0], torch.tensor([0, 0, 0.75, 0.25, 0], dtype=torch.float64))
     assert torch.allclose(t[1], torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64))
@@ -62,9 +73,9 @@ def test_ce_gradient_is_p_minus_target():
 def test_um_zero_when_distributions_match_and_positive_otherwise():
     g = cbbl_grid(4.0, 17, 1.0)
     target = two_hot(torch.tensor([0.3, -1.2, 3.9]), g)
-    logits = target.clamp_min(1e-30).log()            # softmax(log p*) == p*
+    logits = target.clamp_min(1e-30).log()  # softmax(log p*) == p*
     assert torch.allclose(cbbl_um(logits, target), torch.zeros(3), atol=1e-5)
-    assert (cbbl_um(torch.zeros(3, 17), target) > 0.5).all()   # uniform p has far more entropy
+    assert (cbbl_um(torch.zeros(3, 17), target) > 0.5).all()  # uniform p has far more entropy
     assert entropy(torch.full((4,), 0.25)).item() == pytest.approx(math.log(4))
 
 
@@ -74,6 +85,8 @@ def test_expectation_of_target_logits_and_finite_gradients():
     target = two_hot(delta, g)
     assert torch.allclose(expected_offset(target.clamp_min(1e-30).log(), g), delta, atol=1e-5)
     big = torch.tensor([[1e4] + [-1e4] * 16], requires_grad=True)
-    loss = cbbl_ce(big, two_hot(torch.tensor([4.0]), g)) + cbbl_um(big, two_hot(torch.tensor([4.0]), g))
+    loss = cbbl_ce(big, two_hot(torch.tensor([4.0]), g)) + cbbl_um(
+        big, two_hot(torch.tensor([4.0]), g)
+    )
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(big.grad).all()

@@ -1,18 +1,21 @@
 """Every shipped model config builds its model, criterion and post-processor, and the ablation
 variants differ from their base configs only where they say."""
+
 import glob
 import os
 
 import pytest
-import torch
 
 import rtdetrv2_icr  # noqa: F401
 import uav_detr_icr  # noqa: F401
 from rtdetrv2_icr.core import YAMLConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(p for d in ("rtdetrv2", "uav_detr", "demo")
-                 for p in glob.glob(os.path.join(ROOT, "configs", d, "*.yml")))
+CONFIGS = sorted(
+    p
+    for d in ("rtdetrv2", "uav_detr", "demo")
+    for p in glob.glob(os.path.join(ROOT, "configs", d, "*.yml"))
+)
 
 
 def load(path, **over):
@@ -38,8 +41,14 @@ def test_config_builds_criterion_and_postprocessor(path):
     assert (crit.iou_balanced is not None) == ("_ioub" in path)
 
 
-@pytest.mark.parametrize("name", ["rtdetrv2/rtdetrv2_r18vd_svmlp", "rtdetrv2/rtdetrv2_r18vd_svmlp_icr_cbbl",
-                                  "uav_detr/uavdetr_r18_svmlp_icr"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rtdetrv2/rtdetrv2_r18vd_svmlp",
+        "rtdetrv2/rtdetrv2_r18vd_svmlp_icr_cbbl",
+        "uav_detr/uavdetr_r18_svmlp_icr",
+    ],
+)
 def test_real_r18_configs_build_the_model(name):
     cfg = load(os.path.join(ROOT, "configs", name + ".yml"))
     model = cfg.model
@@ -53,9 +62,16 @@ def test_svmlp_training_settings_follow_the_icr_paper():
     assert cfg["epoches"] == 72
     ops = [op["type"] for op in cfg.get("train_dataloader.dataset.transforms.ops")]
     assert "RandomHorizontalFlip" not in ops and "RandomZoomOut" not in ops
-    crop = [op for op in cfg.get("train_dataloader.dataset.transforms.ops") if op["type"] == "RandomIoUCrop"]
+    crop = [
+        op
+        for op in cfg.get("train_dataloader.dataset.transforms.ops")
+        if op["type"] == "RandomIoUCrop"
+    ]
     assert crop[0]["p"] == 0.47
-    photo = [op for op in cfg.get("train_dataloader.dataset.transforms.ops")
-             if op["type"] == "RandomPhotometricDistort"]
+    photo = [
+        op
+        for op in cfg.get("train_dataloader.dataset.transforms.ops")
+        if op["type"] == "RandomPhotometricDistort"
+    ]
     assert photo[0]["p"] == 0.5
     assert cfg.get("eval_spatial_size") == [640, 640]

@@ -1,14 +1,15 @@
 """RTDETRCriterionv2: key naming, hand values, empty batches, IoU-type switch, enc / dn stages."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from rtdetrv2_icr.core.registry import ConfigError, create
 from rtdetrv2_icr.loss import iou_family_loss
-from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 from rtdetrv2_icr.loss.criterion import RTDETRCriterionv2
 from rtdetrv2_icr.loss.matcher import HungarianMatcher
 from rtdetrv2_icr.loss.pairs import dn_indices
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 
 MW = {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}
 WD = {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}
@@ -17,33 +18,57 @@ WD = {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}
 def make_crit(**kw):
     kw.setdefault("weight_dict", WD)
     kw.setdefault("losses", ["vfl", "boxes"])
-    return RTDETRCriterionv2(HungarianMatcher(MW, use_focal_loss=True, alpha=0.25, gamma=2.0),
-                             alpha=0.75, gamma=2.0, num_classes=2, **kw)
+    return RTDETRCriterionv2(
+        HungarianMatcher(MW, use_focal_loss=True, alpha=0.25, gamma=2.0),
+        alpha=0.75,
+        gamma=2.0,
+        num_classes=2,
+        **kw,
+    )
 
 
 def rand_boxes(shape, g):
-    return torch.cat([torch.rand(*shape, 2, generator=g) * 0.6 + 0.2,
-                      torch.rand(*shape, 2, generator=g) * 0.2 + 0.02], -1)
+    return torch.cat(
+        [
+            torch.rand(*shape, 2, generator=g) * 0.6 + 0.2,
+            torch.rand(*shape, 2, generator=g) * 0.2 + 0.02,
+        ],
+        -1,
+    )
 
 
 def make_outputs(sizes=(3, 1), nq=8, n_aux=2, groups=2, n_enc=1, enc_classes=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     bs = len(sizes)
-    targets = [{"labels": torch.randint(0, 2, (n,), generator=g), "boxes": rand_boxes((n,), g),
-                "parent_idx": torch.full((n,), -1)} for n in sizes]
+    targets = [
+        {
+            "labels": torch.randint(0, 2, (n,), generator=g),
+            "boxes": rand_boxes((n,), g),
+            "parent_idx": torch.full((n,), -1),
+        }
+        for n in sizes
+    ]
 
     def head(q, c=2):
-        return {"pred_logits": torch.randn(bs, q, c, generator=g).requires_grad_(),
-                "pred_boxes": rand_boxes((bs, q), g).requires_grad_()}
+        return {
+            "pred_logits": torch.randn(bs, q, c, generator=g).requires_grad_(),
+            "pred_boxes": rand_boxes((bs, q), g).requires_grad_(),
+        }
+
     out = head(nq)
     out["aux_outputs"] = [head(nq) for _ in range(n_aux)]
     out["enc_aux_outputs"] = [head(nq, enc_classes) for _ in range(n_enc)]
     out["enc_meta"] = {"class_agnostic": enc_classes == 1}
     m = max(max(sizes), 1)
-    pos = tuple(torch.cat([torch.arange(n) + k * 2 * m for k in range(groups)]).long() for n in sizes)
+    pos = tuple(
+        torch.cat([torch.arange(n) + k * 2 * m for k in range(groups)]).long() for n in sizes
+    )
     out["dn_aux_outputs"] = [head(2 * m * groups) for _ in range(n_aux + 1)]
-    out["dn_meta"] = {"dn_positive_idx": pos, "dn_num_group": groups,
-                      "dn_num_split": [2 * m * groups, nq]}
+    out["dn_meta"] = {
+        "dn_positive_idx": pos,
+        "dn_num_group": groups,
+        "dn_num_split": [2 * m * groups, nq],
+    }
     return out, targets
 
 
@@ -63,8 +88,13 @@ def one_pair():
     """One image, one query, one target: the matching is forced, values are hand-checkable."""
     pred = torch.tensor([[[0.45, 0.5, 0.3, 0.2]]], requires_grad=True)
     logits = torch.tensor([[[0.3, -1.2]]], requires_grad=True)
-    tgt = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.55, 0.2, 0.3]]),
-            "parent_idx": torch.tensor([-1])}]
+    tgt = [
+        {
+            "labels": torch.tensor([1]),
+            "boxes": torch.tensor([[0.5, 0.55, 0.2, 0.3]]),
+            "parent_idx": torch.tensor([-1]),
+        }
+    ]
     return {"pred_logits": logits, "pred_boxes": pred}, tgt
 
 
@@ -87,10 +117,13 @@ def test_focal_and_bce_options():
     out, tg = one_pair()
     x = out["pred_logits"][0, 0].detach()
     onehot = torch.tensor([0.0, 1.0])
-    crit = make_crit(losses=["focal", "bce", "boxes"],
-                     weight_dict={"loss_focal": 1, "loss_bce": 1, "loss_bbox": 5, "loss_giou": 2})
+    crit = make_crit(
+        losses=["focal", "bce", "boxes"],
+        weight_dict={"loss_focal": 1, "loss_bce": 1, "loss_bbox": 5, "loss_giou": 2},
+    )
     losses = crit(out, tg)
     import torchvision
+
     focal = torchvision.ops.sigmoid_focal_loss(x, onehot, 0.75, 2.0, reduction="sum")
     assert losses["loss_focal"].item() == pytest.approx(focal.item(), rel=1e-6)
     bce = F.binary_cross_entropy_with_logits(x, onehot, reduction="sum")
@@ -106,7 +139,7 @@ def test_iou_type_is_one_key():
         crit = make_crit(iou_type=kind)
         losses = crit(out, tg)
         assert f"loss_{kind}" in losses and "loss_giou" not in losses
-        assert crit.weight_dict[f"loss_{kind}"] == 2          # falls back to loss_giou's weight
+        assert crit.weight_dict[f"loss_{kind}"] == 2  # falls back to loss_giou's weight
         want = 2 * iou_family_loss(p, t, kind).item()
         assert losses[f"loss_{kind}"].item() == pytest.approx(want, rel=1e-6)
     losses = make_crit(iou_type="inner_siou", inner_ratio=1.25)(out, tg)
@@ -175,12 +208,21 @@ def test_class_agnostic_encoder_proposals():
 
 
 def test_registry_builds_with_shared_keys():
-    cfg = {"num_classes": 2, "class_names": ["plate", "vehicle"], "use_focal_loss": True,
-           "relations": [{"child": "plate", "parent": "vehicle"}],
-           "RTDETRCriterionv2": {"weight_dict": WD, "losses": ["vfl", "boxes"], "alpha": 0.75,
-                                 "gamma": 2.0, "iou_type": "ciou", "icr": {"enabled": True},
-                                 "matcher": {"type": "HungarianMatcher", "weight_dict": MW,
-                                             "alpha": 0.25, "gamma": 2.0}}}
+    cfg = {
+        "num_classes": 2,
+        "class_names": ["plate", "vehicle"],
+        "use_focal_loss": True,
+        "relations": [{"child": "plate", "parent": "vehicle"}],
+        "RTDETRCriterionv2": {
+            "weight_dict": WD,
+            "losses": ["vfl", "boxes"],
+            "alpha": 0.75,
+            "gamma": 2.0,
+            "iou_type": "ciou",
+            "icr": {"enabled": True},
+            "matcher": {"type": "HungarianMatcher", "weight_dict": MW, "alpha": 0.25, "gamma": 2.0},
+        },
+    }
     crit = create("RTDETRCriterionv2", cfg)
     assert crit.matcher.use_focal_loss and crit.icr.active and crit.icr.relations == {0: 1}
     assert crit.iou_name == "loss_ciou"
@@ -191,6 +233,7 @@ def test_registry_builds_with_shared_keys():
 
 def test_num_boxes_averaged_over_ranks(tmp_path):
     import torch.distributed as dist
+
     out, tg = make_outputs()
     base = make_crit()(out, tg)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)

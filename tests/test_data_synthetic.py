@@ -1,4 +1,5 @@
 """Synthetic SVMLP-style generator: determinism, exact pairs, layout, YOLO labels end to end."""
+
 import filecmp
 import json
 import os
@@ -18,22 +19,33 @@ REL = [{"child": "plate", "parent": "vehicle"}]
 def two_runs(tmp_path_factory):
     a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
     write_dataset(str(a), {"train": 5, "val": 2}, seed=11, cfg=CFG)
-    write_dataset(str(b), {"train": 3, "val": 2}, seed=11, cfg=CFG)     # fewer train images
+    write_dataset(str(b), {"train": 3, "val": 2}, seed=11, cfg=CFG)  # fewer train images
     return str(a), str(b)
 
 
 def test_layout_and_determinism(two_runs):
     a, b = two_runs
     for split, n in (("train", 5), ("val", 2)):
-        assert sorted(os.listdir(os.path.join(a, split, "images"))) == [f"{i:06d}.jpg" for i in range(1, n + 1)]
+        assert sorted(os.listdir(os.path.join(a, split, "images"))) == [
+            f"{i:06d}.jpg" for i in range(1, n + 1)
+        ]
         assert len(os.listdir(os.path.join(a, split, "labels"))) == n
     assert os.path.isfile(os.path.join(a, "annotations", "val.json"))
     # same seed -> same bytes, whatever the other split sizes; a different image stream per index
-    for rel in ("val/images/000001.jpg", "val/images/000002.jpg", "val/labels/000002.txt",
-                "annotations/val.json", "train/images/000003.jpg", "train/labels/000003.txt"):
+    for rel in (
+        "val/images/000001.jpg",
+        "val/images/000002.jpg",
+        "val/labels/000002.txt",
+        "annotations/val.json",
+        "train/images/000003.jpg",
+        "train/labels/000003.txt",
+    ):
         assert filecmp.cmp(os.path.join(a, rel), os.path.join(b, rel), shallow=False), rel
-    assert not filecmp.cmp(os.path.join(a, "train/images/000001.jpg"),
-                           os.path.join(a, "val/images/000001.jpg"), shallow=False)
+    assert not filecmp.cmp(
+        os.path.join(a, "train/images/000001.jpg"),
+        os.path.join(a, "val/images/000001.jpg"),
+        shallow=False,
+    )
     img1, obj1, _ = draw_scene(np.random.default_rng([4, 0, 0]), CFG)
     img2, obj2, _ = draw_scene(np.random.default_rng([4, 0, 0]), CFG)
     assert obj1 == obj2 and img1.tobytes() == img2.tobytes()
@@ -49,8 +61,10 @@ def test_plates_are_inside_their_vehicles(two_runs):
     for p in plates:
         v = by_id[p["parent_id"]]
         assert v["category_id"] == 2 and v["image_id"] == p["image_id"]
-        pb, vb = (torch.tensor([[x[0], x[1], x[0] + x[2], x[1] + x[3]]], dtype=torch.float64)
-                  for x in (p["bbox"], v["bbox"]))
+        pb, vb = (
+            torch.tensor([[x[0], x[1], x[0] + x[2], x[1] + x[3]]], dtype=torch.float64)
+            for x in (p["bbox"], v["bbox"])
+        )
         assert containment(pb, vb).item() == 1.0
         assert p["bbox"][2] >= 1 and p["bbox"][3] >= 1
     for x in coco["annotations"]:
@@ -64,17 +78,30 @@ def test_plates_are_inside_their_vehicles(two_runs):
 def test_yolo_labels_round_trip_through_importer(two_runs):
     a, _ = two_runs
     coco = json.load(open(os.path.join(a, "annotations", "train.json")))
-    imported = yolo_to_coco(os.path.join(a, "train", "images"), os.path.join(a, "train", "labels"),
-                            ["plate", "vehicle"], pairing="order")
+    imported = yolo_to_coco(
+        os.path.join(a, "train", "images"),
+        os.path.join(a, "train", "labels"),
+        ["plate", "vehicle"],
+        pairing="order",
+    )
     assert len(imported["annotations"]) == len(coco["annotations"])
     for x, y in zip(coco["annotations"], imported["annotations"]):
-        assert (x["image_id"], x["category_id"], x.get("parent_id")) == (y["image_id"], y["category_id"],
-                                                                         y.get("parent_id"))
+        assert (x["image_id"], x["category_id"], x.get("parent_id")) == (
+            y["image_id"],
+            y["category_id"],
+            y.get("parent_id"),
+        )
         assert np.allclose(x["bbox"], y["bbox"], atol=1e-3)
-    ds = CocoDetection(os.path.join(a, "train", "images"), os.path.join(a, "annotations", "train.json"),
-                       None, class_names=["plate", "vehicle"], relations=REL)
+    ds = CocoDetection(
+        os.path.join(a, "train", "images"),
+        os.path.join(a, "annotations", "train.json"),
+        None,
+        class_names=["plate", "vehicle"],
+        relations=REL,
+    )
     assert ds.index.pairs_inferred == 0 and ds.index.pairs_explicit == len(
-        [x for x in coco["annotations"] if x["category_id"] == 1])
+        [x for x in coco["annotations"] if x["category_id"] == 1]
+    )
 
 
 def test_scene_statistics_at_640():
@@ -92,6 +119,6 @@ def test_scene_statistics_at_640():
                 plates.append((pb[2] - pb[0], pb[3] - pb[1]))
                 assert pb[0] >= vb[0] and pb[1] >= vb[1] and pb[2] <= vb[2] and pb[3] <= vb[3]
     areas = [w * h for w, h in plates]
-    assert len(plates) >= 8 and np.mean(np.array(areas) < 32 ** 2) > 0.6
+    assert len(plates) >= 8 and np.mean(np.array(areas) < 32**2) > 0.6
     assert min(h for _, h in plates) >= 3 and min(w for w, _ in plates) >= 4
-    assert np.mean(np.array(vehicles) >= 32 ** 2) > 0.7
+    assert np.mean(np.array(vehicles) >= 32**2) > 0.7

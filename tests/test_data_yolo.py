@@ -1,4 +1,5 @@
-"""YOLO import (order and containment pairing), COCO output in pycocotools, and dataset statistics."""
+"""YOLO import (order and containment pairing), COCO output in pycocotools, dataset statistics."""
+
 import contextlib
 import importlib.util
 import io
@@ -8,21 +9,35 @@ import os
 import pytest
 from PIL import Image
 
-from rtdetrv2_icr.data import (CocoDetection, InvalidAnnotationError, dataset_statistics,
-                               format_statistics, load_coco_json, yolo_to_coco)
+from rtdetrv2_icr.data import (
+    CocoDetection,
+    InvalidAnnotationError,
+    dataset_statistics,
+    format_statistics,
+    load_coco_json,
+    yolo_to_coco,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = [{"child": "plate", "parent": "vehicle"}]
 
 # image a (200x100): two vehicles with plates (plate line then its vehicle), one vehicle alone,
 # and a last plate with no vehicle line after it.
-A = ["0 0.250 0.700 0.100 0.060", "1 0.250 0.600 0.300 0.500",
-     "0 0.700 0.750 0.080 0.040", "1 0.700 0.600 0.300 0.400",
-     "1 0.100 0.200 0.100 0.100",
-     "0 0.500 0.100 0.050 0.040"]
+A = [
+    "0 0.250 0.700 0.100 0.060",
+    "1 0.250 0.600 0.300 0.500",
+    "0 0.700 0.750 0.080 0.040",
+    "1 0.700 0.600 0.300 0.400",
+    "1 0.100 0.200 0.100 0.100",
+    "0 0.500 0.100 0.050 0.040",
+]
 # image b (100x100): the same kind of scene with lines shuffled (order pairing cannot work)
-B = ["1 0.700 0.600 0.300 0.400", "1 0.250 0.600 0.300 0.500",
-     "0 0.700 0.750 0.080 0.040", "0 0.250 0.700 0.100 0.060"]
+B = [
+    "1 0.700 0.600 0.300 0.400",
+    "1 0.250 0.600 0.300 0.500",
+    "0 0.700 0.750 0.080 0.040",
+    "0 0.250 0.700 0.100 0.060",
+]
 
 
 def run_tool(name, argv):
@@ -54,8 +69,9 @@ def parents_by_image(coco):
     for im in coco["images"]:
         anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
         pos = {a["id"]: k for k, a in enumerate(anns)}
-        out[im["file_name"]] = [(a["category_id"], pos.get(a.get("parent_id"), a.get("parent_id")))
-                                for a in anns]
+        out[im["file_name"]] = [
+            (a["category_id"], pos.get(a.get("parent_id"), a.get("parent_id"))) for a in anns
+        ]
     return out
 
 
@@ -67,7 +83,7 @@ def test_order_pairing(tmp_path):
     assert [im["file_name"] for im in coco["images"]] == ["a.jpg", "b.jpg", "c.jpg"]
     p = parents_by_image(coco)
     assert p["a.jpg"] == [(1, 1), (2, None), (1, 3), (2, None), (2, None), (1, -1)]
-    assert p["b.jpg"] == [(2, None), (2, None), (1, -1), (1, -1)]            # shuffled: orphans
+    assert p["b.jpg"] == [(2, None), (2, None), (1, -1), (1, -1)]  # shuffled: orphans
     a0 = coco["annotations"][0]
     assert a0["bbox"] == pytest.approx([40, 67, 20, 6]) and a0["area"] == pytest.approx(120)
 
@@ -85,10 +101,24 @@ def test_importer_json_loads_in_pycocotools_and_dataset(tmp_path):
     img_dir, lbl_dir = make_yolo(tmp_path)
     out = tmp_path / "ann" / "train.json"
     with pytest.warns(UserWarning):
-        stdout = run_tool("yolo2coco.py", ["--images", img_dir, "--labels", lbl_dir, "--classes",
-                                           "plate,vehicle", "--pairing", "containment", "--out", str(out)])
+        stdout = run_tool(
+            "yolo2coco.py",
+            [
+                "--images",
+                img_dir,
+                "--labels",
+                lbl_dir,
+                "--classes",
+                "plate,vehicle",
+                "--pairing",
+                "containment",
+                "--out",
+                str(out),
+            ],
+        )
     assert "3 images, 10 annotations, 4 with a parent" in stdout
     from pycocotools.coco import COCO
+
     with contextlib.redirect_stdout(io.StringIO()):
         api = COCO(str(out))
     assert len(api.getImgIds()) == 3 and len(api.getAnnIds(catIds=[1])) == 5
@@ -123,7 +153,7 @@ def test_dataset_statistics(tmp_path):
     with pytest.warns(UserWarning):
         coco = yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="containment")
     for a in coco["annotations"]:
-        a.pop("parent_id", None)                       # let the loader infer pairs
+        a.pop("parent_id", None)  # let the loader infer pairs
     path = tmp_path / "s.json"
     path.write_text(json.dumps(coco))
     st = dataset_statistics(load_coco_json(str(path), relations=REL))
@@ -134,7 +164,10 @@ def test_dataset_statistics(tmp_path):
     assert (vehicle["small"], vehicle["medium"], vehicle["large"]) == (1, 4, 0)
     assert plate["per_image_max"] == 3 and plate["images_with"] == 2
     assert plate["min_w"] == pytest.approx(8) and plate["min_h"] == pytest.approx(4)
-    assert st["children"] == {"total": 5, "paired": 4} and st["parents"] == {"total": 5, "with_child": 4}
+    assert st["children"] == {"total": 5, "paired": 4} and st["parents"] == {
+        "total": 5,
+        "with_child": 4,
+    }
     assert st["pairs_inferred"] == 4 and st["pairs_explicit"] == 0
     text = format_statistics(st)
     assert "plate" in text and "pairing (plate -> vehicle)" in text

@@ -2,6 +2,7 @@
 
 Tiny sizes (hidden 32, 3 levels of at most 16x16 cells, 10 queries) keep the file fast.
 """
+
 import pytest
 import torch
 import torch.nn as nn
@@ -28,17 +29,31 @@ def _targets(counts, seed=0):
     for n in counts:
         centre = torch.rand(n, 2, generator=g) * 0.6 + 0.2
         size = torch.rand(n, 2, generator=g) * 0.2 + 0.05
-        out.append({"labels": torch.randint(0, CLASSES, (n,), generator=g),
-                    "boxes": torch.cat([centre, size], -1),
-                    "parent_idx": torch.full((n,), -1)})        # extra keys are ignored
+        out.append(
+            {
+                "labels": torch.randint(0, CLASSES, (n,), generator=g),
+                "boxes": torch.cat([centre, size], -1),
+                "parent_idx": torch.full((n,), -1),
+            }
+        )  # extra keys are ignored
     return out
 
 
 def _decoder(**kw):
-    args = dict(num_classes=CLASSES, hidden_dim=HIDDEN, num_queries=QUERIES,
-                feat_channels=[HIDDEN] * 3, feat_strides=[8, 16, 32], num_levels=3, num_points=[2, 3, 1],
-                nhead=4, num_layers=3, dim_feedforward=64, num_denoising=12,
-                eval_spatial_size=[128, 128])
+    args = dict(
+        num_classes=CLASSES,
+        hidden_dim=HIDDEN,
+        num_queries=QUERIES,
+        feat_channels=[HIDDEN] * 3,
+        feat_strides=[8, 16, 32],
+        num_levels=3,
+        num_points=[2, 3, 1],
+        nhead=4,
+        num_layers=3,
+        dim_feedforward=64,
+        num_denoising=12,
+        eval_spatial_size=[128, 128],
+    )
     args.update(kw)
     torch.manual_seed(0)
     return RTDETRTransformerv2(**args)
@@ -66,10 +81,17 @@ def test_deformable_attention_shapes_and_gradients(method):
     else:  # nearest-cell reads: offsets frozen as upstream
         assert not attn.sampling_offsets.weight.requires_grad
     # the point-level bookkeeping buffer is not saved
-    assert set(attn.state_dict()) == {"num_points_scale", "sampling_offsets.weight",
-                                      "sampling_offsets.bias", "attention_weights.weight",
-                                      "attention_weights.bias", "value_proj.weight",
-                                      "value_proj.bias", "output_proj.weight", "output_proj.bias"}
+    assert set(attn.state_dict()) == {
+        "num_points_scale",
+        "sampling_offsets.weight",
+        "sampling_offsets.bias",
+        "attention_weights.weight",
+        "attention_weights.bias",
+        "value_proj.weight",
+        "value_proj.bias",
+        "output_proj.weight",
+        "output_proj.bias",
+    }
 
 
 @pytest.mark.parametrize("method", ["default", "discrete"])
@@ -81,13 +103,13 @@ def test_deformable_sample_reads_one_cell(method):
     level, (h, w), (row, col) = 1, SHAPES[1], (5, 2)
     start = SHAPES[0][0] * SHAPES[0][1]
     offset = 0.5 if method == "default" else 0.3
-    loc = torch.full((b, 1, heads, 3, 2), 0.5)                 # one point per level
+    loc = torch.full((b, 1, heads, 3, 2), 0.5)  # one point per level
     loc[:, :, :, level] = torch.tensor([(col + offset) / w, (row - offset + 0.1) / h])
     if method == "default":
         loc[:, :, :, level, 1] = (row + 0.5) / h
     weights = torch.zeros(b, 1, heads, 3)
     weights[..., level] = 1.0
-    out = deformable_sample(value, SHAPES, loc, weights, [1, 1, 1], method)   # [B, 1, H*D]
+    out = deformable_sample(value, SHAPES, loc, weights, [1, 1, 1], method)  # [B, 1, H*D]
     expected = value[:, start + row * w + col].reshape(b, heads * d)
     assert torch.allclose(out[:, 0], expected, atol=1e-6)
 
@@ -104,9 +126,16 @@ def test_denoising_group_layout_mask_and_meta():
     embed = nn.Embedding(CLASSES + 1, HIDDEN, padding_idx=CLASSES)
     targets = _targets([3, 1])
     torch.manual_seed(0)
-    dn = build_denoising_group(targets, CLASSES, QUERIES, embed, num_denoising=10,
-                               label_noise_ratio=0.5, box_noise_scale=1.0)
-    m, groups = 3, 10 // 3                       # max objects per image, groups
+    dn = build_denoising_group(
+        targets,
+        CLASSES,
+        QUERIES,
+        embed,
+        num_denoising=10,
+        label_noise_ratio=0.5,
+        box_noise_scale=1.0,
+    )
+    m, groups = 3, 10 // 3  # max objects per image, groups
     n_dn = 2 * m * groups
     assert dn.content.shape == (2, n_dn, HIDDEN) and dn.ref_unact.shape == (2, n_dn, 4)
     assert torch.isfinite(dn.ref_unact).all()
@@ -116,12 +145,12 @@ def test_denoising_group_layout_mask_and_meta():
 
     mask = dn.attn_mask
     assert mask.shape == (n_dn + QUERIES, n_dn + QUERIES) and mask.dtype == torch.bool
-    assert mask[n_dn:, :n_dn].all() and not mask[n_dn:, n_dn:].any()   # matching: no dn
-    assert not mask[:n_dn, n_dn:].any()                                 # dn sees matching
+    assert mask[n_dn:, :n_dn].all() and not mask[n_dn:, n_dn:].any()  # matching: no dn
+    assert not mask[:n_dn, n_dn:].any()  # dn sees matching
     for g in range(groups):
         rows = slice(2 * m * g, 2 * m * (g + 1))
         seen = ~mask[rows, :n_dn]
-        assert seen[:, rows].all() and seen.sum() == (2 * m) ** 2       # only its own group
+        assert seen[:, rows].all() and seen.sum() == (2 * m) ** 2  # only its own group
 
     # padded slots (image 1 has one object) carry the padding class, whose embedding is zero
     pad_slot = 1
@@ -134,9 +163,16 @@ def test_denoising_noise_bounds():
     box = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
     targets = [{"labels": torch.tensor([1]), "boxes": box}]
     torch.manual_seed(3)
-    dn = build_denoising_group(targets, CLASSES, QUERIES, embed, num_denoising=200,
-                               label_noise_ratio=0.0, box_noise_scale=1.0)
-    noisy = dn.ref_unact.sigmoid()[0]                   # [N_dn, 4] cxcywh
+    dn = build_denoising_group(
+        targets,
+        CLASSES,
+        QUERIES,
+        embed,
+        num_denoising=200,
+        label_noise_ratio=0.0,
+        box_noise_scale=1.0,
+    )
+    noisy = dn.ref_unact.sigmoid()[0]  # [N_dn, 4] cxcywh
     corners = torch.cat([noisy[:, :2] - noisy[:, 2:] / 2, noisy[:, :2] + noisy[:, 2:] / 2], -1)
     shift = (corners - torch.tensor([0.4, 0.4, 0.6, 0.6])).abs()
     pos, neg = shift[0::2], shift[1::2]
@@ -154,7 +190,7 @@ def test_denoising_zero_target_batch_keeps_one_padded_group():
     assert dn.meta["dn_num_split"] == [2, QUERIES]
     assert [p.numel() for p in dn.meta["dn_positive_idx"]] == [0, 0]
     assert torch.isfinite(dn.ref_unact).all() and dn.attn_mask.shape == (2 + QUERIES,) * 2
-    assert torch.equal(dn.content, torch.zeros_like(dn.content))   # padding class only
+    assert torch.equal(dn.content, torch.zeros_like(dn.content))  # padding class only
 
 
 def test_attn_mask_single_group():
@@ -172,8 +208,16 @@ def _check_layer(d, n, k=CLASSES):
 def test_decoder_train_outputs_structure_and_references():
     model = _decoder().train()
     out = model(_feats(), _targets([3, 2]))
-    assert set(out) == {"pred_logits", "pred_boxes", "ref_points", "aux_outputs", "enc_aux_outputs",
-                        "enc_meta", "dn_aux_outputs", "dn_meta"}
+    assert set(out) == {
+        "pred_logits",
+        "pred_boxes",
+        "ref_points",
+        "aux_outputs",
+        "enc_aux_outputs",
+        "enc_meta",
+        "dn_aux_outputs",
+        "dn_meta",
+    }
     _check_layer(out, QUERIES)
     assert len(out["aux_outputs"]) == 2 and len(out["enc_aux_outputs"]) == 1
     assert out["enc_meta"] == {"class_agnostic": False}
@@ -194,8 +238,10 @@ def test_decoder_train_outputs_structure_and_references():
         assert torch.allclose(nxt["ref_points"], prev["pred_boxes"], atol=1e-6)
 
     # every trainable parameter receives a gradient from the outputs
-    loss = sum(d["pred_logits"].sum() + d["pred_boxes"].sum()
-               for d in [out] + layers[:-1] + out["enc_aux_outputs"] + dn)
+    loss = sum(
+        d["pred_logits"].sum() + d["pred_boxes"].sum()
+        for d in [out] + layers[:-1] + out["enc_aux_outputs"] + dn
+    )
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
@@ -219,13 +265,14 @@ def test_denoising_queries_do_not_change_matching_outputs():
 def test_decoder_zero_and_mixed_targets(counts):
     model = _decoder().train()
     out = model(_feats(), _targets(counts))
-    assert [p.numel() for p in out["dn_meta"]["dn_positive_idx"]] == \
-           [n * out["dn_meta"]["dn_num_group"] for n in counts]
+    assert [p.numel() for p in out["dn_meta"]["dn_positive_idx"]] == [
+        n * out["dn_meta"]["dn_num_group"] for n in counts
+    ]
     n_dn = out["dn_meta"]["dn_num_split"][0]
     assert all(d["pred_boxes"].shape == (2, n_dn, 4) for d in out["dn_aux_outputs"])
     total = sum(d["pred_logits"].sum() for d in out["dn_aux_outputs"]) + out["pred_boxes"].sum()
     total.backward()
-    assert model.denoising_class_embed.weight.grad is not None   # same graph on every rank
+    assert model.denoising_class_embed.weight.grad is not None  # same graph on every rank
 
 
 def test_decoder_eval_outputs_and_eval_idx():
@@ -259,14 +306,23 @@ def test_decoder_agnostic_query_selection_and_no_aux():
 
 def test_decoder_state_dict_layout():
     keys = set(_decoder().state_dict())
-    expected_some = {"anchors", "valid_mask", "denoising_class_embed.weight",
-                     "query_pos_head.layers.1.weight", "enc_output.proj.weight",
-                     "enc_output.norm.bias", "enc_score_head.weight", "enc_bbox_head.layers.2.bias",
-                     "input_proj.2.conv.weight", "input_proj.2.norm.running_mean",
-                     "decoder.layers.2.self_attn.in_proj_weight",
-                     "decoder.layers.2.cross_attn.num_points_scale",
-                     "decoder.layers.0.cross_attn.sampling_offsets.weight",
-                     "dec_score_head.2.bias", "dec_bbox_head.2.layers.2.weight"}
+    expected_some = {
+        "anchors",
+        "valid_mask",
+        "denoising_class_embed.weight",
+        "query_pos_head.layers.1.weight",
+        "enc_output.proj.weight",
+        "enc_output.norm.bias",
+        "enc_score_head.weight",
+        "enc_bbox_head.layers.2.bias",
+        "input_proj.2.conv.weight",
+        "input_proj.2.norm.running_mean",
+        "decoder.layers.2.self_attn.in_proj_weight",
+        "decoder.layers.2.cross_attn.num_points_scale",
+        "decoder.layers.0.cross_attn.sampling_offsets.weight",
+        "dec_score_head.2.bias",
+        "dec_bbox_head.2.layers.2.weight",
+    }
     assert expected_some <= keys
     assert not any(k.startswith("tgt_embed") for k in keys)
     assert "anchors" not in _decoder(eval_spatial_size=None).state_dict()
@@ -289,9 +345,17 @@ def test_decoder_box_head_extension_point():
             return DistHead(self.hidden_dim)
 
     torch.manual_seed(0)
-    model = Decoder(num_classes=CLASSES, hidden_dim=HIDDEN, num_queries=QUERIES,
-                    feat_channels=[HIDDEN] * 3, num_levels=3, nhead=4, num_layers=2,
-                    dim_feedforward=64, num_denoising=6).train()
+    model = Decoder(
+        num_classes=CLASSES,
+        hidden_dim=HIDDEN,
+        num_queries=QUERIES,
+        feat_channels=[HIDDEN] * 3,
+        num_levels=3,
+        nhead=4,
+        num_layers=2,
+        dim_feedforward=64,
+        num_denoising=6,
+    ).train()
     out = model(_feats(), _targets([2, 1]))
     n_dn = out["dn_meta"]["dn_num_split"][0]
     assert out["pred_box_dist"].shape == (2, QUERIES, 4, 3)
@@ -315,7 +379,7 @@ def test_decoder_clear_errors():
 # ------------------------------------------------------------------ post-processor
 def _raw_outputs():
     logits = torch.full((2, 4, 3), -10.0)
-    logits[0, 2, 1] = 3.0      # image 0: best is query 2 / class 1, then query 0 / class 2
+    logits[0, 2, 1] = 3.0  # image 0: best is query 2 / class 1, then query 0 / class 2
     logits[0, 0, 2] = 1.0
     logits[1, 3, 0] = 2.0
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4]]).repeat(2, 4, 1)
@@ -325,7 +389,7 @@ def _raw_outputs():
 
 def test_postprocessor_topk_and_scaling():
     post = RTDETRPostProcessor(num_classes=3, num_top_queries=2)
-    res = post(_raw_outputs(), torch.tensor([[200, 100], [640, 480]]))   # (width, height)
+    res = post(_raw_outputs(), torch.tensor([[200, 100], [640, 480]]))  # (width, height)
     assert res[0]["labels"].tolist() == [1, 2]
     assert res[0]["scores"][0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
     assert res[0]["boxes"][0].tolist() == pytest.approx([0.0, 0.0, 100.0, 100.0])
@@ -346,7 +410,7 @@ def test_postprocessor_remap_and_deploy():
     res = coco({"pred_logits": logits, "pred_boxes": torch.rand(1, 2, 4)}, torch.tensor([[1, 1]]))
     assert res[0]["labels"].tolist() == [90] and len(MSCOCO_CATEGORY_IDS) == 80
     post.deploy()
-    labels, boxes, scores = post(outputs, sizes)          # plain tensors, no remap
+    labels, boxes, scores = post(outputs, sizes)  # plain tensors, no remap
     assert labels.tolist()[0] == [1, 2] and boxes.shape == (2, 2, 4) and scores.shape == (2, 2)
 
 
@@ -356,4 +420,5 @@ def test_postprocessor_softmax_branch():
     res = post({"pred_logits": logits, "pred_boxes": torch.rand(1, 3, 4)}, torch.tensor([[1, 1]]))
     assert res[0]["labels"].tolist() == [1, 0]
     assert res[0]["scores"].tolist() == pytest.approx(
-        logits[0, :2].softmax(-1).max(-1).values.flip(0).tolist())
+        logits[0, :2].softmax(-1).max(-1).values.flip(0).tolist()
+    )

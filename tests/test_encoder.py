@@ -4,6 +4,7 @@ Pinned parameter counts and key digests were measured on upstream rtdetrv2_pytor
 with the settings of its r18vd/r34vd (in_channels [128, 256, 512], expansion 0.5), r50vd and
 r101vd (hidden_dim 384, dim_feedforward 2048) configs.
 """
+
 import hashlib
 
 import pytest
@@ -13,11 +14,13 @@ import torch.nn as nn
 import rtdetrv2_icr  # noqa: F401
 from rtdetrv2_icr.core.registry import create
 from rtdetrv2_icr.nn.common import CSPRepLayer, RepVggBlock
-from rtdetrv2_icr.nn.encoder import (HybridEncoder, TransformerEncoderLayer, sincos_pos_embed_2d)
+from rtdetrv2_icr.nn.encoder import HybridEncoder, TransformerEncoderLayer, sincos_pos_embed_2d
 
 torch.set_num_threads(1)
 
-TINY = dict(in_channels=[16, 32, 64], feat_strides=[8, 16, 32], hidden_dim=32, nhead=4, dim_feedforward=64)
+TINY = dict(
+    in_channels=[16, 32, 64], feat_strides=[8, 16, 32], hidden_dim=32, nhead=4, dim_feedforward=64
+)
 
 
 def key_digest(module):
@@ -26,7 +29,10 @@ def key_digest(module):
 
 
 def tiny_feats(batch=2, h=64, w=96):
-    return [torch.randn(batch, c, h // s, w // s) for c, s in zip(TINY["in_channels"], TINY["feat_strides"])]
+    return [
+        torch.randn(batch, c, h // s, w // s)
+        for c, s in zip(TINY["in_channels"], TINY["feat_strides"])
+    ]
 
 
 def randomize_norms(module, seed=0):
@@ -43,15 +49,23 @@ def randomize_norms(module, seed=0):
 # ---------------------------------------------------------------------------------------------
 # upstream fidelity
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs,params,n_keys,digest", [
-    (dict(in_channels=[128, 256, 512], expansion=0.5), 4_965_120, 270, "042130d04bbe2fd7"),   # r18vd / r34vd
-    (dict(), 11_950_848, 246, "e80203040fa77403"),                                          # r50vd
-    (dict(hidden_dim=384, dim_feedforward=2048), 26_577_536, 246, "acbbbe599d99c717"),      # r101vd
-])
+@pytest.mark.parametrize(
+    "kwargs,params,n_keys,digest",
+    [
+        (
+            dict(in_channels=[128, 256, 512], expansion=0.5),
+            4_965_120,
+            270,
+            "042130d04bbe2fd7",
+        ),  # r18vd / r34vd
+        (dict(), 11_950_848, 246, "e80203040fa77403"),  # r50vd
+        (dict(hidden_dim=384, dim_feedforward=2048), 26_577_536, 246, "acbbbe599d99c717"),  # r101vd
+    ],
+)
 def test_param_counts_and_keys_pinned(kwargs, params, n_keys, digest):
     enc = HybridEncoder(eval_spatial_size=[640, 640], **kwargs)
     assert sum(p.numel() for p in enc.parameters()) == params
-    assert len(enc.state_dict()) == n_keys                   # cached pos_embed2 is not a key
+    assert len(enc.state_dict()) == n_keys  # cached pos_embed2 is not a key
     assert key_digest(enc) == digest
     assert "pos_embed2" not in enc.state_dict() and enc.pos_embed2.shape == (1, 400, enc.hidden_dim)
 
@@ -72,7 +86,7 @@ def test_state_dict_key_sample():
         "fpn_blocks.0.bottlenecks.2.conv2.conv.weight": (128, 128, 1, 1),
         "fpn_blocks.1.conv3.conv.weight": (256, 128, 1, 1),
         "downsample_convs.0.conv.weight": (256, 256, 3, 3),
-        "pan_blocks.1.conv2.norm.weight": (128,),          # hidden = 256 * 0.5
+        "pan_blocks.1.conv2.norm.weight": (128,),  # hidden = 256 * 0.5
     }
     for k, shape in expect.items():
         assert tuple(sd[k].shape) == shape, k
@@ -85,9 +99,16 @@ def test_state_dict_key_sample():
 # ---------------------------------------------------------------------------------------------
 # shapes and gradients
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs", [dict(), dict(expansion=0.5, depth_mult=0.34),
-                                    dict(use_encoder_idx=[1, 2], num_encoder_layers=2),
-                                    dict(num_encoder_layers=0), dict(version="v1", act="relu")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(expansion=0.5, depth_mult=0.34),
+        dict(use_encoder_idx=[1, 2], num_encoder_layers=2),
+        dict(num_encoder_layers=0),
+        dict(version="v1", act="relu"),
+    ],
+)
 def test_output_shapes(kwargs):
     enc = HybridEncoder(**TINY, **kwargs).eval()
     with torch.no_grad():
@@ -97,8 +118,14 @@ def test_output_shapes(kwargs):
 
 
 def test_two_levels():
-    enc = HybridEncoder(in_channels=[16, 32], feat_strides=[16, 32], hidden_dim=32, nhead=4,
-                        dim_feedforward=64, use_encoder_idx=[1]).eval()
+    enc = HybridEncoder(
+        in_channels=[16, 32],
+        feat_strides=[16, 32],
+        hidden_dim=32,
+        nhead=4,
+        dim_feedforward=64,
+        use_encoder_idx=[1],
+    ).eval()
     outs = enc([torch.randn(1, 16, 4, 4), torch.randn(1, 32, 2, 2)])
     assert [tuple(o.shape) for o in outs] == [(1, 32, 4, 4), (1, 32, 2, 2)]
     assert len(enc.fpn_blocks) == len(enc.pan_blocks) == 1
@@ -129,12 +156,14 @@ def test_bad_inputs():
 # ---------------------------------------------------------------------------------------------
 def test_sincos_values_and_order():
     w, h, dim = 3, 2, 8
-    pe = sincos_pos_embed_2d(w, h, dim, temperature=100.)
+    pe = sincos_pos_embed_2d(w, h, dim, temperature=100.0)
     assert pe.shape == (1, w * h, dim)
-    freqs = torch.tensor([1.0, 0.1])                      # 1 / 100^(i/2), i = 0, 1
+    freqs = torch.tensor([1.0, 0.1])  # 1 / 100^(i/2), i = 0, 1
     for k in range(w * h):
-        a, b = k // h, k % h                               # RT-DETR's ordering
-        expect = torch.cat([torch.sin(a * freqs), torch.cos(a * freqs), torch.sin(b * freqs), torch.cos(b * freqs)])
+        a, b = k // h, k % h  # RT-DETR's ordering
+        expect = torch.cat(
+            [torch.sin(a * freqs), torch.cos(a * freqs), torch.sin(b * freqs), torch.cos(b * freqs)]
+        )
         torch.testing.assert_close(pe[0, k], expect)
 
 
@@ -168,8 +197,10 @@ def test_pos_embed_buffer_follows_dtype_and_not_in_state_dict():
 def test_post_norm_layer_equals_torch_transformer_layer():
     torch.manual_seed(0)
     ours = TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu").eval()
-    ref = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu", batch_first=True).eval()
-    ref.load_state_dict(ours.state_dict(), strict=True)      # same parameter names
+    ref = nn.TransformerEncoderLayer(
+        32, 4, 64, dropout=0.0, activation="gelu", batch_first=True
+    ).eval()
+    ref.load_state_dict(ours.state_dict(), strict=True)  # same parameter names
     x = torch.randn(2, 7, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
@@ -230,16 +261,27 @@ def test_deploy_gives_same_outputs(expansion):
         ref = enc(feats)
         assert enc.deploy() is enc and not enc.training
         n_fused = sum(hasattr(m, "conv") for m in enc.modules() if isinstance(m, RepVggBlock))
-        assert n_fused == 2 * 2 * 3                    # fpn + pan blocks, 2 each, 3 RepVGG blocks per CSP
+        assert n_fused == 2 * 2 * 3  # fpn + pan blocks, 2 each, 3 RepVGG blocks per CSP
         out = enc(feats)
     for a, b in zip(ref, out):
         assert (a - b).abs().max() <= 1e-4
-    assert keys_before <= set(enc.state_dict())        # training branches kept (re-fusable)
+    assert keys_before <= set(enc.state_dict())  # training branches kept (re-fusable)
 
 
 def test_build_from_config_with_shared_eval_size():
-    cfg = {"eval_spatial_size": [64, 64],
-           "HybridEncoder": dict(TINY, use_encoder_idx=[2], num_encoder_layers=1, dropout=0.0, enc_act="gelu",
-                                 expansion=0.5, depth_mult=1, act="silu", pe_temperature=10000)}
+    cfg = {
+        "eval_spatial_size": [64, 64],
+        "HybridEncoder": dict(
+            TINY,
+            use_encoder_idx=[2],
+            num_encoder_layers=1,
+            dropout=0.0,
+            enc_act="gelu",
+            expansion=0.5,
+            depth_mult=1,
+            act="silu",
+            pe_temperature=10000,
+        ),
+    }
     enc = create("HybridEncoder", cfg)
     assert enc.eval_spatial_size == [64, 64] and enc.pos_embed2.shape == (1, 4, 32)

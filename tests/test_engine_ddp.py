@@ -1,6 +1,7 @@
 """`torchrun --nproc_per_node=2` on CPU (gloo): one epoch with an all-empty batch on one rank,
 evaluation that sees every val/test image exactly once under a padded DistributedSampler, and
 DDP evaluation equal to single-process evaluation (across the two COCO backends)."""
+
 import json
 import os
 import runpy
@@ -9,13 +10,19 @@ import sys
 
 import pytest
 import torch
-
 from test_engine_train import REPO, make_data, write_config
 
 
 def torchrun(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args,
+    ]
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return p.stdout + p.stderr
@@ -27,22 +34,58 @@ def test_two_process_train_and_eval(tmp_path):
     data = make_data(tmp_path / "d", n_train=4, n_val=5, n_test=3, empty_train=(0, 2))
     out = tmp_path / "out"
     cfg = write_config(tmp_path, data, str(out), extra="epoches: 1\n")
-    log = torchrun(os.path.join(REPO, "tools", "train.py"), "-c", cfg, "-d", "cpu",
-                   "-u", "train_dataloader.shuffle=False", "train_dataloader.total_batch_size=4")
+    log = torchrun(
+        os.path.join(REPO, "tools", "train.py"),
+        "-c",
+        cfg,
+        "-d",
+        "cpu",
+        "-u",
+        "train_dataloader.shuffle=False",
+        "train_dataloader.total_batch_size=4",
+    )
     assert "x2 process(es)" in log
     rec = json.loads(open(out / "log.txt").read().splitlines()[-1])
     # 5 val images, 1 per rank and batch: the sampler pads to 6, the evaluator keeps 5
     assert rec["val_num_images"] == 5 and rec["val_duplicates_dropped"] == 1
-    assert rec["global_step"] == 1 and all(v == v for k, v in rec.items() if k.startswith("train_loss"))
+    assert rec["global_step"] == 1 and all(
+        v == v for k, v in rec.items() if k.startswith("train_loss")
+    )
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
 
     # test split: DDP + pycocotools vs one process + faster-coco-eval
     ddp_dir, one_dir = tmp_path / "ddp_eval", tmp_path / "one_eval"
-    torchrun(os.path.join(REPO, "tools", "eval.py"), "-c", cfg, "-r", str(out / "last.pth"), "--split", "test",
-             "--backend", "pycocotools", "--out", str(ddp_dir), "-d", "cpu")
+    torchrun(
+        os.path.join(REPO, "tools", "eval.py"),
+        "-c",
+        cfg,
+        "-r",
+        str(out / "last.pth"),
+        "--split",
+        "test",
+        "--backend",
+        "pycocotools",
+        "--out",
+        str(ddp_dir),
+        "-d",
+        "cpu",
+    )
     eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
-    eval_main(["-c", cfg, "-r", str(out / "last.pth"), "--split", "test", "--out", str(one_dir), "-d", "cpu"])
+    eval_main(
+        [
+            "-c",
+            cfg,
+            "-r",
+            str(out / "last.pth"),
+            "--split",
+            "test",
+            "--out",
+            str(one_dir),
+            "-d",
+            "cpu",
+        ]
+    )
     a = json.load(open(ddp_dir / "metrics.json"))
     b = json.load(open(one_dir / "metrics.json"))
     assert a["num_images"] == b["num_images"] == 3
@@ -52,4 +95,6 @@ def test_two_process_train_and_eval(tmp_path):
         assert (v is None and b["coco"][k] is None) or v == pytest.approx(b["coco"][k], abs=1e-6), k
     for cname, m in a["per_class"].items():
         for k, v in m.items():
-            assert (v is None and b["per_class"][cname][k] is None) or v == pytest.approx(b["per_class"][cname][k], abs=1e-6)
+            assert (v is None and b["per_class"][cname][k] is None) or v == pytest.approx(
+                b["per_class"][cname][k], abs=1e-6
+            )

@@ -1,30 +1,55 @@
 """COCO evaluation: backends agree, per-class table, relational consistency, de-duplication."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from rtdetrv2_icr.engine.coco_metrics import (COCO_STAT_NAMES, relational_consistency, report_to_markdown,
-                                              run_coco_eval, write_report)
+from rtdetrv2_icr.engine.coco_metrics import (
+    COCO_STAT_NAMES,
+    relational_consistency,
+    report_to_markdown,
+    run_coco_eval,
+    write_report,
+)
 from rtdetrv2_icr.engine.evaluator import CocoEvaluator, metric_value
 
 
 def make_gt(n_images=6, seed=0):
     """Vehicles with a plate inside each; category ids 3 (plate) and 7 (vehicle) on purpose."""
     rng = np.random.default_rng(seed)
-    images = [{"id": 100 + i, "width": 160, "height": 120, "file_name": f"{i}.png"} for i in range(n_images)]
+    images = [
+        {"id": 100 + i, "width": 160, "height": 120, "file_name": f"{i}.png"}
+        for i in range(n_images)
+    ]
     anns, aid = [], 1
     for im in images:
         for _ in range(rng.integers(1, 4)):
             x, y = rng.uniform(0, 90), rng.uniform(0, 60)
             w, h = rng.uniform(20, 70), rng.uniform(15, 50)
-            anns.append({"id": aid, "image_id": im["id"], "category_id": 7, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": aid,
+                    "image_id": im["id"],
+                    "category_id": 7,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
             pw, ph = w * 0.3, h * 0.2
-            anns.append({"id": aid + 1, "image_id": im["id"], "category_id": 3,
-                         "bbox": [x + w * 0.35, y + h * 0.7, pw, ph], "area": pw * ph, "iscrowd": 0,
-                         "parent_id": aid})
+            anns.append(
+                {
+                    "id": aid + 1,
+                    "image_id": im["id"],
+                    "category_id": 3,
+                    "bbox": [x + w * 0.35, y + h * 0.7, pw, ph],
+                    "area": pw * ph,
+                    "iscrowd": 0,
+                    "parent_id": aid,
+                }
+            )
             aid += 2
     cats = [{"id": 3, "name": "plate"}, {"id": 7, "name": "vehicle"}]
     return {"images": images, "annotations": anns, "categories": cats}
@@ -49,16 +74,22 @@ def noisy_results(gt, seed=1, noise=3.0, extra=2, score=None):
             boxes.append([x, y, x + rng.uniform(5, 30), y + rng.uniform(5, 30)])
             scores.append(rng.uniform(0, 0.6))
             labels.append(int(rng.integers(0, 2)))
-        res[im["id"]] = {"boxes": torch.tensor(boxes, dtype=torch.float32),
-                         "scores": torch.tensor(scores, dtype=torch.float32),
-                         "labels": torch.tensor(labels)}
+        res[im["id"]] = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "scores": torch.tensor(scores, dtype=torch.float32),
+            "labels": torch.tensor(labels),
+        }
     return res
 
 
 def evaluate(gt, res, backend):
-    ev = CocoEvaluator(backend=backend, class_names=["plate", "vehicle"],
-                       relations=[{"child": "plate", "parent": "vehicle"}],
-                       coco_gt=gt, label_to_category={0: 3, 1: 7})
+    ev = CocoEvaluator(
+        backend=backend,
+        class_names=["plate", "vehicle"],
+        relations=[{"child": "plate", "parent": "vehicle"}],
+        coco_gt=gt,
+        label_to_category={0: 3, 1: 7},
+    )
     ev.update(res)
     return ev.summarize(split="val")
 
@@ -76,7 +107,9 @@ def test_backends_give_identical_numbers():
             assert a["coco"][name] == pytest.approx(b["coco"][name], abs=1e-12), name
     for cname in ("plate", "vehicle"):
         for k, v in a["per_class"][cname].items():
-            assert (v is None and b["per_class"][cname][k] is None) or v == pytest.approx(b["per_class"][cname][k], abs=1e-12)
+            assert (v is None and b["per_class"][cname][k] is None) or v == pytest.approx(
+                b["per_class"][cname][k], abs=1e-12
+            )
     assert 0.2 < a["coco"]["AP50"] <= 1.0  # noise of 3 px: most boxes match at IoU 0.5
 
 
@@ -102,8 +135,14 @@ def test_perfect_detections_score_one_and_table_has_classes(tmp_path):
 
 def test_no_detections_is_zero_not_an_error():
     gt = make_gt(3)
-    empty = {im["id"]: {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
-             for im in gt["images"]}
+    empty = {
+        im["id"]: {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.long),
+        }
+        for im in gt["images"]
+    }
     for backend in ("faster", "pycocotools"):
         rep = evaluate(gt, empty, backend)
         assert rep["coco"]["AP50"] == 0.0 and rep["per_class"]["plate"]["AP50"] == 0.0
@@ -116,7 +155,7 @@ def test_duplicate_images_are_counted_once():
     ev = CocoEvaluator(class_names=["plate", "vehicle"], coco_gt=gt, label_to_category={0: 3, 1: 7})
     ids = list(res)
     ev.update({i: res[i] for i in ids})
-    ev.update({ids[0]: res[ids[0]], ids[1]: res[ids[1]]})   # what a padded sampler does
+    ev.update({ids[0]: res[ids[0]], ids[1]: res[ids[1]]})  # what a padded sampler does
     rep = ev.summarize()
     assert rep["num_images"] == 5 and rep["duplicates_dropped"] == 2
     assert ev.image_ids == sorted(ids)
@@ -126,15 +165,26 @@ def test_duplicate_images_are_counted_once():
 
 def test_relational_consistency_counts():
     rel = [{"child": "plate", "parent": "vehicle", "child_label": 0, "parent_label": 1}]
-    dets = {1: {"boxes": np.array([[0, 0, 100, 100],      # vehicle
-                                   [10, 10, 20, 20],      # plate inside
-                                   [95, 95, 115, 105],    # plate, 12.5 % inside
-                                   [30, 30, 40, 40]],     # plate inside but low score
-                                  dtype=np.float32),
-                "scores": np.array([0.9, 0.8, 0.7, 0.2], dtype=np.float32),
-                "labels": np.array([1, 0, 0, 0])},
-            2: {"boxes": np.array([[0, 0, 10, 10]], dtype=np.float32),   # plate, no vehicle
-                "scores": np.array([0.99], dtype=np.float32), "labels": np.array([0])}}
+    dets = {
+        1: {
+            "boxes": np.array(
+                [
+                    [0, 0, 100, 100],  # vehicle
+                    [10, 10, 20, 20],  # plate inside
+                    [95, 95, 115, 105],  # plate, 12.5 % inside
+                    [30, 30, 40, 40],
+                ],  # plate inside but low score
+                dtype=np.float32,
+            ),
+            "scores": np.array([0.9, 0.8, 0.7, 0.2], dtype=np.float32),
+            "labels": np.array([1, 0, 0, 0]),
+        },
+        2: {
+            "boxes": np.array([[0, 0, 10, 10]], dtype=np.float32),  # plate, no vehicle
+            "scores": np.array([0.99], dtype=np.float32),
+            "labels": np.array([0]),
+        },
+    }
     out = relational_consistency(dets, rel, score_thr=0.5, containment_thr=0.9)
     r = out["relations"]["plate->vehicle"]
     assert (r["children"], r["consistent"]) == (3, 1)
@@ -159,10 +209,16 @@ def test_run_coco_eval_rejects_unknown_backend():
 
 def test_target_boxes_to_pixels_for_drawing():
     from torchvision import tv_tensors
+
     from rtdetrv2_icr.engine.visualize import draw_boxes, target_boxes_xyxy
-    px = tv_tensors.BoundingBoxes(torch.tensor([[10., 20., 30., 60.]]), format="XYXY", canvas_size=(100, 50))
-    assert target_boxes_xyxy(px, 200, 100).tolist() == [[20., 40., 60., 120.]]      # canvas 100x50 -> 200x100
-    norm = torch.tensor([[0.5, 0.5, 0.2, 0.4]])                                        # cxcywh, normalised
-    assert target_boxes_xyxy(norm, 100, 200)[0].tolist() == pytest.approx([80., 30., 120., 70.])
+
+    px = tv_tensors.BoundingBoxes(
+        torch.tensor([[10.0, 20.0, 30.0, 60.0]]), format="XYXY", canvas_size=(100, 50)
+    )
+    assert target_boxes_xyxy(px, 200, 100).tolist() == [
+        [20.0, 40.0, 60.0, 120.0]
+    ]  # canvas 100x50 -> 200x100
+    norm = torch.tensor([[0.5, 0.5, 0.2, 0.4]])  # cxcywh, normalised
+    assert target_boxes_xyxy(norm, 100, 200)[0].tolist() == pytest.approx([80.0, 30.0, 120.0, 70.0])
     img = draw_boxes(torch.zeros(3, 100, 200), target_boxes_xyxy(norm, 100, 200), torch.tensor([1]))
     assert img.dtype == torch.uint8 and img[:, 30, 80:121].sum() > 0 and img[:, 50, 100].sum() == 0

@@ -1,4 +1,5 @@
 """Optimiser param groups, warm-up, schedules, EMA, and weights-only atomic checkpoints."""
+
 import os
 import random
 
@@ -10,8 +11,13 @@ import torch.nn as nn
 from rtdetrv2_icr.core import YAMLConfig
 from rtdetrv2_icr.engine import checkpoint as ck
 from rtdetrv2_icr.engine.ema import ModelEMA
-from rtdetrv2_icr.engine.optim import (FlatCosineLR, LinearWarmup, build_param_groups, load_scheduler_state,
-                                       plain_scheduler_state)
+from rtdetrv2_icr.engine.optim import (
+    FlatCosineLR,
+    LinearWarmup,
+    build_param_groups,
+    load_scheduler_state,
+    plain_scheduler_state,
+)
 
 
 class Toy(nn.Module):
@@ -41,14 +47,16 @@ def test_regex_param_groups_cover_every_parameter_once():
     assert g0 == {n for n in by_id.values() if n.startswith("backbone")}
     assert g1 == {"encoder.norm.weight", "encoder.norm.bias"}
     assert groups[0]["lr"] == 1e-5 and groups[1]["weight_decay"] == 0.0
-    assert "lr" not in groups[-1]        # the default group
+    assert "lr" not in groups[-1]  # the default group
     opt = torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-4)
     assert [pg["lr"] for pg in opt.param_groups] == [1e-5, 1e-4, 1e-4]
 
 
 def test_linear_warmup_then_multistep():
     p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([{"params": [p]}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.5}], lr=1.0)
+    opt = torch.optim.SGD(
+        [{"params": [p]}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.5}], lr=1.0
+    )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2], gamma=0.1)
     warm = LinearWarmup(sched, warmup_duration=4)
     seen = [opt.param_groups[0]["lr"]]
@@ -67,7 +75,9 @@ def test_linear_warmup_then_multistep():
     ck.save_atomic(state, path)
     loaded = torch.load(path, weights_only=True)
     os.remove(path)
-    opt2 = torch.optim.SGD([{"params": [p]}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.5}], lr=1.0)
+    opt2 = torch.optim.SGD(
+        [{"params": [p]}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.5}], lr=1.0
+    )
     sched2 = torch.optim.lr_scheduler.MultiStepLR(opt2, milestones=[7], gamma=0.1)
     load_scheduler_state(sched2, loaded["s"])
     assert type(sched2.milestones).__name__ == "Counter" and dict(sched2.milestones) == {2: 1}
@@ -84,7 +94,7 @@ def test_flat_cosine():
         s.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[:5] == [1.0] * 5
-    assert lrs[7] == pytest.approx(0.1 + 0.9 * 0.5)          # half way through the cosine
+    assert lrs[7] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
     assert lrs[10] == pytest.approx(0.1) and lrs[12] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
@@ -112,24 +122,40 @@ def test_config_builds_optimizer_scheduler_warmup_ema(tmp_path):
     class _EngineToyModel(Toy):
         pass
 
-    cfg = YAMLConfig(cfg={
-        "model": "_EngineToyModel", "use_ema": True, "ema": {"type": "ModelEMA", "decay": 0.99, "warmups": 5},
-        "optimizer": {"type": "AdamW", "lr": 1e-3, "weight_decay": 1e-4,
-                      "params": [{"params": "^(?=.*backbone).*$", "lr": 1e-4}]},
-        "lr_scheduler": {"type": "MultiStepLR", "milestones": [3], "gamma": 0.1},
-        "lr_warmup_scheduler": {"type": "LinearWarmup", "warmup_duration": 10},
-        "use_amp": True, "amp_dtype": "float16", "device": "cpu"})
+    cfg = YAMLConfig(
+        cfg={
+            "model": "_EngineToyModel",
+            "use_ema": True,
+            "ema": {"type": "ModelEMA", "decay": 0.99, "warmups": 5},
+            "optimizer": {
+                "type": "AdamW",
+                "lr": 1e-3,
+                "weight_decay": 1e-4,
+                "params": [{"params": "^(?=.*backbone).*$", "lr": 1e-4}],
+            },
+            "lr_scheduler": {"type": "MultiStepLR", "milestones": [3], "gamma": 0.1},
+            "lr_warmup_scheduler": {"type": "LinearWarmup", "warmup_duration": 10},
+            "use_amp": True,
+            "amp_dtype": "float16",
+            "device": "cpu",
+        }
+    )
     from rtdetrv2_icr.engine import builders
+
     device = torch.device("cpu")
     opt = builders.build_optimizer(cfg, cfg.model)
     assert [pg["lr"] for pg in opt.param_groups] == pytest.approx([1e-4, 1e-3])
     warmup = builders.build_lr_warmup(cfg, builders.build_lr_scheduler(cfg, opt))
     assert warmup.target_lrs == pytest.approx([1e-4, 1e-3])
-    assert [pg["lr"] for pg in opt.param_groups] == pytest.approx([1e-5, 1e-4])   # warm-up step 0 of 10
+    assert [pg["lr"] for pg in opt.param_groups] == pytest.approx(
+        [1e-5, 1e-4]
+    )  # warm-up step 0 of 10
     ema = builders.build_ema(cfg, cfg.model)
     amp = builders.amp_dtype(cfg, device)
     assert isinstance(ema, ModelEMA) and ema.warmups == 5
-    assert amp == torch.bfloat16 and builders.build_scaler(cfg, device, amp) is None     # CPU: bf16, no GradScaler
+    assert (
+        amp == torch.bfloat16 and builders.build_scaler(cfg, device, amp) is None
+    )  # CPU: bf16, no GradScaler
 
 
 def test_atomic_save_and_weights_only(tmp_path, monkeypatch):
@@ -137,8 +163,13 @@ def test_atomic_save_and_weights_only(tmp_path, monkeypatch):
     random.seed(3)
     np.random.seed(3)
     torch.manual_seed(3)
-    state = {"model": nn.Linear(3, 2).state_dict(), "epoch": 4, "rng": ck.rng_state(),
-             "best": {"metric": "AP50", "value": None}, "np": np.float32(0.5)}
+    state = {
+        "model": nn.Linear(3, 2).state_dict(),
+        "epoch": 4,
+        "rng": ck.rng_state(),
+        "best": {"metric": "AP50", "value": None},
+        "np": np.float32(0.5),
+    }
     ck.save_atomic(state, path)
     first = open(path, "rb").read()
     loaded = torch.load(path, weights_only=True)
@@ -174,7 +205,9 @@ def test_tuning_match_lists_skipped():
     assert list(matched) == ["a"]
     assert info["missing"] == ["c"] and info["unexpected"] == ["d"]
     assert info["mismatched"] == ["b: checkpoint (5,) vs model (4,)"]
-    assert ck.extract_model_state({"ema": {"module": {"x": torch.ones(1)}}, "model": {"y": torch.ones(1)}}) == {"x": torch.ones(1)}
+    assert ck.extract_model_state(
+        {"ema": {"module": {"x": torch.ones(1)}}, "model": {"y": torch.ones(1)}}
+    ) == {"x": torch.ones(1)}
 
 
 class _RunsCode:
@@ -184,9 +217,16 @@ class _RunsCode:
 
 def test_load_checkpoint_refuses_code_but_accepts_upstream_counter(tmp_path):
     import collections
+
     evil, ok = str(tmp_path / "evil.pth"), str(tmp_path / "ok.pth")
     torch.save({"model": {}, "payload": _RunsCode()}, evil)
     with pytest.raises(RuntimeError, match="weights_only=True"):
         ck.load_checkpoint(evil)
-    torch.save({"lr_scheduler": {"milestones": collections.Counter([1000])}, "model": {"w": torch.ones(2)}}, ok)
+    torch.save(
+        {
+            "lr_scheduler": {"milestones": collections.Counter([1000])},
+            "model": {"w": torch.ones(2)},
+        },
+        ok,
+    )
     assert ck.load_checkpoint(ok)["lr_scheduler"]["milestones"] == {1000: 1}

@@ -1,7 +1,6 @@
 """Training engine on the tiny config (CPU, 64 px synthetic images): overfitting, resume
 equality, checkpoints, TensorBoard tags, NaN handling, empty targets, eval backends."""
-import copy
-import glob
+
 import json
 import os
 import runpy
@@ -21,7 +20,12 @@ SIZE = 64
 def make_data(root, n_train=4, n_val=5, n_test=3, empty_train=()):
     """Synthetic splits at 64 px; `empty_train` lists train image positions whose annotations are
     removed (images without targets)."""
-    write_dataset(str(root), {"train": n_train, "val": n_val, "test": n_test}, seed=0, cfg=SceneConfig(size=SIZE))
+    write_dataset(
+        str(root),
+        {"train": n_train, "val": n_val, "test": n_test},
+        seed=0,
+        cfg=SceneConfig(size=SIZE),
+    )
     if empty_train:
         path = os.path.join(root, "annotations", "train.json")
         coco = json.load(open(path))
@@ -34,8 +38,12 @@ def make_data(root, n_train=4, n_val=5, n_test=3, empty_train=()):
 def write_config(tmp, data, out, extra=""):
     """A training config: the tiny model with ICR on, the synthetic dataset at 64 px, runtime and
     upstream optimiser settings with a short schedule."""
-    inc = [f"{REPO}/configs/demo/rtdetrv2_tiny.yml", f"{REPO}/configs/dataset/synthetic.yml",
-           f"{REPO}/configs/runtime.yml", f"{REPO}/configs/rtdetrv2/include/optimizer.yml"]
+    inc = [
+        f"{REPO}/configs/demo/rtdetrv2_tiny.yml",
+        f"{REPO}/configs/dataset/synthetic.yml",
+        f"{REPO}/configs/runtime.yml",
+        f"{REPO}/configs/rtdetrv2/include/optimizer.yml",
+    ]
     text = f"""
 __include__: {json.dumps(inc)}
 output_dir: {out}
@@ -55,7 +63,10 @@ RTDETRCriterionv2:
 """
     for split in ("train", "val", "test"):
         ops = "[{type: RandomPhotometricDistort, p: 0.5}, " if split == "train" else "["
-        ops += f"{{type: Resize, size: [{SIZE}, {SIZE}]}}, {{type: ConvertPILImage, dtype: float32, scale: True}}"
+        ops += (
+            f"{{type: Resize, size: [{SIZE}, {SIZE}]}}, "
+            "{type: ConvertPILImage, dtype: float32, scale: True}"
+        )
         ops += ", {type: ConvertBoxes, fmt: cxcywh, normalize: True}]" if split == "train" else "]"
         text += f"""
 {split}_dataloader:
@@ -92,15 +103,32 @@ def test_overfit_two_images(tmp_path):
     data = make_data(tmp_path / "d", n_train=2, n_val=1, n_test=1)
     cfg = write_config(tmp_path, data, str(tmp_path / "out"))
     dist.seed_everything(0)
-    tr = Trainer(YAMLConfig(cfg, device="cpu", use_ema=False, lr_warmup_scheduler=None, lr_scheduler=None,
-                            print_freq=1000, optimizer={"lr": 1e-3, "params": [{"params": "^(?=.*norm).*$", "weight_decay": 0.0}]},
-                            train_dataloader={"shuffle": False, "collate_fn": {"scales": None},
-                                              "dataset": {"transforms": {"ops": [
-                                                  {"type": "Resize", "size": [SIZE, SIZE]},
-                                                  {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
-                                                  {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}]}}}))
+    tr = Trainer(
+        YAMLConfig(
+            cfg,
+            device="cpu",
+            use_ema=False,
+            lr_warmup_scheduler=None,
+            lr_scheduler=None,
+            print_freq=1000,
+            optimizer={"lr": 1e-3, "params": [{"params": "^(?=.*norm).*$", "weight_decay": 0.0}]},
+            train_dataloader={
+                "shuffle": False,
+                "collate_fn": {"scales": None},
+                "dataset": {
+                    "transforms": {
+                        "ops": [
+                            {"type": "Resize", "size": [SIZE, SIZE]},
+                            {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
+                            {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True},
+                        ]
+                    }
+                },
+            },
+        )
+    )
     tr.setup_train()
-    losses = [tr.train_one_epoch(e)["loss"] for e in range(100)]   # 1 step of both images each
+    losses = [tr.train_one_epoch(e)["loss"] for e in range(100)]  # 1 step of both images each
     assert min(losses[-5:]) <= 0.5 * losses[0], (losses[0], losses[-5:])
 
 
@@ -110,8 +138,12 @@ def test_resume_equals_uninterrupted_and_logs(tmp_path, data):
     # 1 epoch, stop; resume for the 2nd
     cfg_b = write_config(tmp_path / "b", data, str(tmp_path / "split"))
     run(cfg_b, epoches=1)
-    resumed = run(cfg_b, seed=123, resume=str(tmp_path / "split" / "last.pth"))  # seed is overwritten by the RNG state
-    assert resumed.last_epoch == full.last_epoch == 1 and resumed.global_step == full.global_step == 4
+    resumed = run(
+        cfg_b, seed=123, resume=str(tmp_path / "split" / "last.pth")
+    )  # seed is overwritten by the RNG state
+    assert (
+        resumed.last_epoch == full.last_epoch == 1 and resumed.global_step == full.global_step == 4
+    )
 
     a = torch.load(tmp_path / "full" / "last.pth", weights_only=True)
     b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
@@ -122,7 +154,8 @@ def test_resume_equals_uninterrupted_and_logs(tmp_path, data):
         assert diff <= 1e-6, (part, diff)
     assert a["ema"]["updates"] == b["ema"]["updates"] == 4
     assert a["lr_warmup_scheduler"] == b["lr_warmup_scheduler"]
-    # the warm-up (3 steps) outlasts epoch 0 (2 steps): the epoch scheduler stepped once, after epoch 1
+    # the warm-up (3 steps) outlasts epoch 0 (2 steps): the epoch scheduler stepped once, after
+    # epoch 1
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 1
     assert a["best"] == b["best"]
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
@@ -139,21 +172,35 @@ def test_resume_equals_uninterrupted_and_logs(tmp_path, data):
 
     # TensorBoard: losses, lr, ICR statistics, per-class eval metrics, PR curves, image grid
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    ev = EventAccumulator(str(tmp_path / "full" / "summary"),
-                          size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+
+    ev = EventAccumulator(
+        str(tmp_path / "full" / "summary"), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
+    )
     ev.Reload()
     tags = ev.Tags()
     scalars = set(tags["scalars"])
-    for t in ("Loss/total", "Loss/loss_vfl", "Loss/loss_bbox", "Loss/loss_giou", "Lr/pg_0", "Val/AP50:95", "Val/AP50",
-              "Val/AR100", "Val/plate/AP50", "Val/vehicle/AP50:95", "Val/vehicle/AP_s", "Val/plate/AR",
-              "Val/relational_children"):
+    for t in (
+        "Loss/total",
+        "Loss/loss_vfl",
+        "Loss/loss_bbox",
+        "Loss/loss_giou",
+        "Lr/pg_0",
+        "Val/AP50:95",
+        "Val/AP50",
+        "Val/AR100",
+        "Val/plate/AP50",
+        "Val/vehicle/AP50:95",
+        "Val/vehicle/AP_s",
+        "Val/plate/AR",
+        "Val/relational_children",
+    ):
         assert t in scalars, t
     assert any(t.startswith("ICR/") for t in scalars), scalars
     assert len(ev.Scalars("Loss/total")) == 4 and len(ev.Scalars("Val/AP50")) == 2
     assert "Val/gt_vs_pred" in tags["images"]
     assert {"PR_val/plate", "PR_val/vehicle"} <= set(tags["tensors"])
     img = ev.Images("Val/gt_vs_pred")[-1]
-    assert img.width >= 2 * SIZE and img.height >= 2 * SIZE   # 2 rows x (GT | prediction)
+    assert img.width >= 2 * SIZE and img.height >= 2 * SIZE  # 2 rows x (GT | prediction)
 
 
 def test_nan_loss_stops_naming_term_and_iteration(tmp_path, data):
@@ -171,19 +218,24 @@ def test_nan_loss_stops_naming_term_and_iteration(tmp_path, data):
 
     tr.criterion.forward = poisoned
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    with pytest.raises(NonFiniteLossError, match=r"loss_giou=nan at epoch 1 iteration 0 \(global step 2\).*stopping after 2"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"loss_giou=nan at epoch 1 iteration 0 \(global step 2\).*stopping after 2",
+    ):
         for e in range(2):
             tr.train_one_epoch(e)
     assert tr.bad_steps == 2
     after = tr.model.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
-    assert any(not torch.equal(before[k], after[k]) for k in before)    # the first, good step did train
+    assert any(
+        not torch.equal(before[k], after[k]) for k in before
+    )  # the first, good step did train
 
 
 def test_empty_target_batches_train(tmp_path):
     data = make_data(tmp_path / "d", n_train=4, n_val=1, n_test=1, empty_train=(0, 1, 2))
     cfg = write_config(tmp_path, data, str(tmp_path / "out"), extra="epoches: 1\n")
-    tr = run(cfg, train_dataloader={"shuffle": False})   # batch 0: two images, no targets at all
+    tr = run(cfg, train_dataloader={"shuffle": False})  # batch 0: two images, no targets at all
     assert tr.global_step == 2 and tr.bad_steps == 0
 
 
@@ -195,20 +247,43 @@ def test_eval_tool_backends_agree_and_test_only(tmp_path, data):
     reports = {}
     for backend in ("faster", "pycocotools"):
         out = str(tmp_path / f"eval_{backend}")
-        eval_main(["-c", cfg, "-r", ckpt, "--split", "test", "--backend", backend, "--out", out, "-d", "cpu"])
+        eval_main(
+            [
+                "-c",
+                cfg,
+                "-r",
+                ckpt,
+                "--split",
+                "test",
+                "--backend",
+                backend,
+                "--out",
+                out,
+                "-d",
+                "cpu",
+            ]
+        )
         reports[backend] = json.load(open(os.path.join(out, "metrics.json")))
         assert os.path.isfile(os.path.join(out, "metrics.md"))
     a, b = reports["faster"], reports["pycocotools"]
     assert a["split"] == "test" and a["num_images"] == 3
     assert a["num_detections"] == b["num_detections"] > 0
-    flat_a = [a["coco"][k] for k in sorted(a["coco"])] + [v for c in sorted(a["per_class"]) for v in a["per_class"][c].values()]
-    flat_b = [b["coco"][k] for k in sorted(b["coco"])] + [v for c in sorted(b["per_class"]) for v in b["per_class"][c].values()]
+    flat_a = [a["coco"][k] for k in sorted(a["coco"])] + [
+        v for c in sorted(a["per_class"]) for v in a["per_class"][c].values()
+    ]
+    flat_b = [b["coco"][k] for k in sorted(b["coco"])] + [
+        v for c in sorted(b["per_class"]) for v in b["per_class"][c].values()
+    ]
     assert [v is None for v in flat_a] == [v is None for v in flat_b]
-    assert [v for v in flat_a if v is not None] == pytest.approx([v for v in flat_b if v is not None], abs=1e-12)
+    assert [v for v in flat_a if v is not None] == pytest.approx(
+        [v for v in flat_b if v is not None], abs=1e-12
+    )
     assert set(a["per_class"]) == {"plate", "vehicle"}
 
     train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
-    train_main(["-c", cfg, "-r", ckpt, "--test-only", "-d", "cpu", "--output-dir", str(tmp_path / "t")])
+    train_main(
+        ["-c", cfg, "-r", ckpt, "--test-only", "-d", "cpu", "--output-dir", str(tmp_path / "t")]
+    )
     rep = json.load(open(tmp_path / "t" / "eval_val" / "metrics.json"))
     assert rep["split"] == "val" and rep["num_images"] == 5
 
@@ -217,13 +292,17 @@ def test_tuning_loads_matching_tensors_and_lists_skipped(tmp_path, data, caplog)
     cfg = write_config(tmp_path, data, str(tmp_path / "out"), extra="epoches: 1\n")
     dist.seed_everything(0)
     base = YAMLConfig(cfg, device="cpu")
-    ckpt = {"model": {k: v + 1 if v.is_floating_point() else v for k, v in base.model.state_dict().items()}}
+    ckpt = {
+        "model": {
+            k: v + 1 if v.is_floating_point() else v for k, v in base.model.state_dict().items()
+        }
+    }
     wrong = [k for k in ckpt["model"] if "enc_score_head" in k or "dec_score_head" in k]
-    for k in wrong:   # a 3-class head: shape mismatch
+    for k in wrong:  # a 3-class head: shape mismatch
         ckpt["model"][k] = torch.zeros((3,) + tuple(ckpt["model"][k].shape[1:]))
     path = str(tmp_path / "other.pth")
     torch.save(ckpt, path)
-    dist.seed_everything(0)   # same initialisation as `base`
+    dist.seed_everything(0)  # same initialisation as `base`
     tr = Trainer(YAMLConfig(cfg, device="cpu", tuning=path))
     logs = []
     tr.log.info = logs.append
@@ -238,13 +317,27 @@ def test_tuning_loads_matching_tensors_and_lists_skipped(tmp_path, data, caplog)
 
 
 def test_gradient_accumulation_steps_every_n_batches(tmp_path, data):
-    cfg = write_config(tmp_path, data, str(tmp_path / "out"),
-                       extra="grad_accum_steps: 2\n")
+    cfg = write_config(tmp_path, data, str(tmp_path / "out"), extra="grad_accum_steps: 2\n")
     dist.seed_everything(0)
-    tr = Trainer(YAMLConfig(cfg, device="cpu", train_dataloader={"total_batch_size": 1, "dataset": {"transforms": {"ops": [
-        {"type": "Resize", "size": [SIZE, SIZE]}, {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
-        {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}]}}}))
+    tr = Trainer(
+        YAMLConfig(
+            cfg,
+            device="cpu",
+            train_dataloader={
+                "total_batch_size": 1,
+                "dataset": {
+                    "transforms": {
+                        "ops": [
+                            {"type": "Resize", "size": [SIZE, SIZE]},
+                            {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
+                            {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True},
+                        ]
+                    }
+                },
+            },
+        )
+    )
     tr.setup_train()
-    tr.train_one_epoch(0)                         # 4 batches of 1 image -> 2 optimiser steps
+    tr.train_one_epoch(0)  # 4 batches of 1 image -> 2 optimiser steps
     assert tr.global_step == 4 and tr.ema.updates == 2 and tr.lr_warmup.last_step == 2
     assert all(len(s) > 0 for s in tr.optimizer.state.values())

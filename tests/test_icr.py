@@ -1,13 +1,13 @@
 """ICR penalty: containment, factor modes, crafted plate/vehicle cases, stages, exact baseline."""
+
 import pytest
 import torch
 
-from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy
-from rtdetrv2_icr.loss.criterion import RTDETRCriterionv2
 from rtdetrv2_icr.core.relations import resolve_relations
+from rtdetrv2_icr.loss.criterion import RTDETRCriterionv2
 from rtdetrv2_icr.loss.icr import ICRPenalty, ICRSettings, icr_factor
-from rtdetrv2_icr.ops.boxes import containment
 from rtdetrv2_icr.loss.matcher import HungarianMatcher
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, containment
 
 MW = {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}
 WD = {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}
@@ -17,13 +17,22 @@ LAM = 2.5
 
 
 def make_crit(icr=None, relations=REL, **kw):
-    return RTDETRCriterionv2(HungarianMatcher(MW, use_focal_loss=True, alpha=0.25, gamma=2.0),
-                             weight_dict=WD, losses=["vfl", "boxes"], alpha=0.75, gamma=2.0,
-                             num_classes=2, class_names=NAMES, relations=relations, icr=icr, **kw)
+    return RTDETRCriterionv2(
+        HungarianMatcher(MW, use_focal_loss=True, alpha=0.25, gamma=2.0),
+        weight_dict=WD,
+        losses=["vfl", "boxes"],
+        alpha=0.75,
+        gamma=2.0,
+        num_classes=2,
+        class_names=NAMES,
+        relations=relations,
+        icr=icr,
+        **kw,
+    )
 
 
-VEHICLE = [0.5, 0.5, 0.4, 0.4]                  # xyxy [0.3, 0.3, 0.7, 0.7]
-PLATE = [0.64, 0.6, 0.1, 0.04]                  # inside the vehicle
+VEHICLE = [0.5, 0.5, 0.4, 0.4]  # xyxy [0.3, 0.3, 0.7, 0.7]
+PLATE = [0.64, 0.6, 0.1, 0.04]  # inside the vehicle
 
 
 def scene(plate_pred, parent=1, labels=(0, 1), extra=None):
@@ -31,15 +40,22 @@ def scene(plate_pred, parent=1, labels=(0, 1), extra=None):
     boxes = [PLATE, VEHICLE] + ([extra] if extra else [])
     lab = list(labels) + ([1] if extra else [])
     pidx = [parent, -1] + ([-1] if extra else [])
-    tg = [{"labels": torch.tensor(lab), "boxes": torch.tensor(boxes),
-           "parent_idx": torch.tensor(pidx)}]
-    out = {"pred_logits": torch.tensor([[[3.0, -3.0], [-3.0, 3.0]]], requires_grad=True),
-           "pred_boxes": torch.tensor([[plate_pred, [0.51, 0.5, 0.38, 0.4]]], requires_grad=True)}
+    tg = [
+        {
+            "labels": torch.tensor(lab),
+            "boxes": torch.tensor(boxes),
+            "parent_idx": torch.tensor(pidx),
+        }
+    ]
+    out = {
+        "pred_logits": torch.tensor([[[3.0, -3.0], [-3.0, 3.0]]], requires_grad=True),
+        "pred_boxes": torch.tensor([[plate_pred, [0.51, 0.5, 0.38, 0.4]]], requires_grad=True),
+    }
     return out, tg
 
 
 INSIDE = [0.62, 0.6, 0.1, 0.05]
-HALF_OUT = [0.70, 0.6, 0.1, 0.04]               # x in [0.65, 0.75]: half beyond x = 0.7
+HALF_OUT = [0.70, 0.6, 0.1, 0.04]  # x in [0.65, 0.75]: half beyond x = 0.7
 
 
 def test_containment_values():
@@ -57,7 +73,9 @@ def test_factor_modes():
     c = torch.tensor([1.0, 0.5, 0.0])
     assert torch.allclose(icr_factor(c, LAM, "scale"), torch.tensor([1.0, 1 + LAM / 2, 1 + LAM]))
     assert torch.equal(icr_factor(c, LAM, "binary"), torch.tensor([1.0, 1 + LAM, 1 + LAM]))
-    assert torch.equal(icr_factor(torch.tensor([0.99]), LAM, "binary", tol=0.05), torch.tensor([1.0]))
+    assert torch.equal(
+        icr_factor(torch.tensor([0.99]), LAM, "binary", tol=0.05), torch.tensor([1.0])
+    )
     with pytest.raises(ValueError, match="mode"):
         icr_factor(c, LAM, "mul")
 
@@ -76,6 +94,7 @@ def test_plate_inside_vehicle_gives_factor_one_and_baseline_loss():
 def plate_terms(out, tg):
     """Unweighted l1 and giou of the plate pair (query 0 <-> target 0)."""
     from rtdetrv2_icr.loss.iou import iou_family_loss
+
     p, t = out["pred_boxes"][0, 0], tg[0]["boxes"][0]
     return (p - t).abs().sum().item(), iou_family_loss(p, t, "giou").item()
 
@@ -86,9 +105,13 @@ def test_plate_half_outside_gives_factor_one_plus_half_lambda():
     crit = make_crit({"enabled": True, "lambda": LAM, "mode": "scale"})
     pen = crit(out, tg)
     l1, giou = plate_terms(out, tg)
-    n = 2                                                    # num_boxes
-    assert (pen["loss_bbox"] - base["loss_bbox"]).item() == pytest.approx(5 * LAM / 2 * l1 / n, rel=1e-5)
-    assert (pen["loss_giou"] - base["loss_giou"]).item() == pytest.approx(2 * LAM / 2 * giou / n, rel=1e-5)
+    n = 2  # num_boxes
+    assert (pen["loss_bbox"] - base["loss_bbox"]).item() == pytest.approx(
+        5 * LAM / 2 * l1 / n, rel=1e-5
+    )
+    assert (pen["loss_giou"] - base["loss_giou"]).item() == pytest.approx(
+        2 * LAM / 2 * giou / n, rel=1e-5
+    )
     assert torch.equal(pen["loss_vfl"], base["loss_vfl"])
     s = crit.last_icr_stats
     assert s["icr_factor_mean"].item() == pytest.approx(1 + LAM / 2)
@@ -100,11 +123,15 @@ def test_binary_and_add_modes():
     out, tg = scene(HALF_OUT)
     base = make_crit()(out, tg)
     l1, giou = plate_terms(out, tg)
-    pen = make_crit({"lambda": LAM, "mode": "binary"})(out, tg)        # enabled by presence
-    assert (pen["loss_bbox"] - base["loss_bbox"]).item() == pytest.approx(5 * LAM * l1 / 2, rel=1e-5)
+    pen = make_crit({"lambda": LAM, "mode": "binary"})(out, tg)  # enabled by presence
+    assert (pen["loss_bbox"] - base["loss_bbox"]).item() == pytest.approx(
+        5 * LAM * l1 / 2, rel=1e-5
+    )
     pen = make_crit({"enabled": True, "lambda": LAM, "mode": "add"})(out, tg)
     assert torch.equal(pen["loss_bbox"], base["loss_bbox"])
-    assert (pen["loss_giou"] - base["loss_giou"]).item() == pytest.approx(2 * LAM * 0.5 / 2, rel=1e-5)
+    assert (pen["loss_giou"] - base["loss_giou"]).item() == pytest.approx(
+        2 * LAM * 0.5 / 2, rel=1e-5
+    )
 
 
 def test_terms_option_limits_the_penalty():
@@ -126,14 +153,15 @@ def test_gradient_moves_a_straying_plate_towards_its_vehicle():
     parent = box_cxcywh_to_xyxy(tg[0]["boxes"][1:2])
     g_base = box_grad(make_crit(), out, tg)[0]
     g_icr = box_grad(make_crit({"enabled": True, "lambda": LAM}), out, tg)[0]
-    g_pen = g_icr - g_base                                   # gradient of the penalty alone
+    g_pen = g_icr - g_base  # gradient of the penalty alone
     start = out["pred_boxes"][0, 0].detach()
 
     def c_after(g, lr=0.01):
         moved = start - lr * g / g.norm()
         return containment(box_cxcywh_to_xyxy(moved[None]), parent).item()
+
     c0 = containment(box_cxcywh_to_xyxy(start[None]), parent).item()
-    assert g_pen[0] > 0                                      # pushes the centre left, into the vehicle
+    assert g_pen[0] > 0  # pushes the centre left, into the vehicle
     assert c_after(g_pen) > c0 and c_after(g_icr) > c0
     # the same plain SGD step brings the plate further inside with the penalty than without
     c_base = c_after(g_base * g_base.norm(), lr=1e-3)
@@ -144,19 +172,21 @@ def test_gradient_moves_a_straying_plate_towards_its_vehicle():
 def test_detach_and_binary_have_no_gradient_through_containment():
     out, tg = scene(HALF_OUT)
     g_base = box_grad(make_crit(), out, tg)
-    for cfg, factor in [({"enabled": True, "lambda": LAM, "detach": True}, 1 + LAM / 2),
-                        ({"enabled": True, "lambda": LAM, "mode": "binary"}, 1 + LAM)]:
+    for cfg, factor in [
+        ({"enabled": True, "lambda": LAM, "detach": True}, 1 + LAM / 2),
+        ({"enabled": True, "lambda": LAM, "mode": "binary"}, 1 + LAM),
+    ]:
         g = box_grad(make_crit(cfg), out, tg)
-        assert torch.allclose(g[0], factor * g_base[0], atol=1e-5)      # plate: scaled
-        assert torch.equal(g[1], g_base[1])                              # vehicle: untouched
+        assert torch.allclose(g[0], factor * g_base[0], atol=1e-5)  # plate: scaled
+        assert torch.equal(g[1], g_base[1])  # vehicle: untouched
 
 
 def test_orphans_and_wrong_parent_class_are_untouched():
-    for kwargs in [dict(parent=-1), dict(parent=0, labels=(0, 1))]:      # orphan, self-parent
+    for kwargs in [dict(parent=-1), dict(parent=0, labels=(0, 1))]:  # orphan, self-parent
         out, tg = scene(HALF_OUT, **kwargs)
         base, pen = make_crit()(out, tg), make_crit({"enabled": True})(out, tg)
         assert all(torch.equal(base[k], pen[k]) for k in base)
-    out, tg = scene(HALF_OUT, labels=(0, 0))                              # parent is not a vehicle
+    out, tg = scene(HALF_OUT, labels=(0, 0))  # parent is not a vehicle
     base, pen = make_crit()(out, tg), make_crit({"enabled": True})(out, tg)
     assert all(torch.equal(base[k], pen[k]) for k in base)
 
@@ -166,7 +196,9 @@ def random_batch(seed=0, groups=2, n_aux=2):
     g = torch.Generator().manual_seed(seed)
     tg = []
     for n in (4, 2):
-        veh = torch.cat([torch.rand(n // 2, 2, generator=g) * 0.4 + 0.3, torch.full((n // 2, 2), 0.2)], 1)
+        veh = torch.cat(
+            [torch.rand(n // 2, 2, generator=g) * 0.4 + 0.3, torch.full((n // 2, 2), 0.2)], 1
+        )
         plate = veh.clone()
         plate[:, 2:] = 0.05
         boxes = torch.stack([plate, veh], 1).reshape(n, 4)
@@ -174,16 +206,28 @@ def random_batch(seed=0, groups=2, n_aux=2):
         tg.append({"labels": torch.tensor([0, 1] * (n // 2)), "boxes": boxes, "parent_idx": pidx})
 
     def head(q):
-        return {"pred_logits": torch.randn(2, q, 2, generator=g).requires_grad_(),
-                "pred_boxes": torch.cat([torch.rand(2, q, 2, generator=g) * 0.8 + 0.1,
-                                         torch.rand(2, q, 2, generator=g) * 0.2 + 0.02], -1).requires_grad_()}
+        return {
+            "pred_logits": torch.randn(2, q, 2, generator=g).requires_grad_(),
+            "pred_boxes": torch.cat(
+                [
+                    torch.rand(2, q, 2, generator=g) * 0.8 + 0.1,
+                    torch.rand(2, q, 2, generator=g) * 0.2 + 0.02,
+                ],
+                -1,
+            ).requires_grad_(),
+        }
+
     out = head(6)
     out["aux_outputs"] = [head(6) for _ in range(n_aux)]
     out["enc_aux_outputs"] = [head(6)]
     out["enc_meta"] = {"class_agnostic": False}
     pos = tuple(torch.cat([torch.arange(n) + k * 8 for k in range(groups)]) for n in (4, 2))
     out["dn_aux_outputs"] = [head(8 * groups) for _ in range(n_aux + 1)]
-    out["dn_meta"] = {"dn_positive_idx": pos, "dn_num_group": groups, "dn_num_split": [8 * groups, 6]}
+    out["dn_meta"] = {
+        "dn_positive_idx": pos,
+        "dn_num_group": groups,
+        "dn_num_split": [8 * groups, 6],
+    }
     return out, tg
 
 
@@ -194,7 +238,9 @@ def stage_of(key):
     return "final"
 
 
-@pytest.mark.parametrize("apply_to", [["final"], ["aux"], ["enc"], ["dn"], ["final", "aux", "enc", "dn"], []])
+@pytest.mark.parametrize(
+    "apply_to", [["final"], ["aux"], ["enc"], ["dn"], ["final", "aux", "enc", "dn"], []]
+)
 def test_applied_exactly_where_configured(apply_to):
     out, tg = random_batch()
     base = make_crit()(out, tg)
@@ -211,17 +257,25 @@ def test_applied_exactly_where_configured(apply_to):
 def test_denoising_query_of_a_child_is_paired_with_its_parent():
     # a second vehicle (target 2) fully contains the dn box; the plate's parent (target 1) does not
     out, tg = scene(INSIDE, extra=[0.75, 0.6, 0.2, 0.2])
-    dn_plate = [0.70, 0.6, 0.1, 0.04]                       # half outside vehicle 1, inside vehicle 2
-    out["dn_aux_outputs"] = [{"pred_logits": torch.zeros(1, 6, 2),
-                              "pred_boxes": torch.tensor([[dn_plate, VEHICLE, [0.75, 0.6, 0.2, 0.2]]
-                                                          + [[0.5, 0.5, 0.1, 0.1]] * 3])}]
-    out["dn_meta"] = {"dn_positive_idx": (torch.tensor([0, 1, 2]),), "dn_num_group": 1,
-                      "dn_num_split": [6, 2]}
+    dn_plate = [0.70, 0.6, 0.1, 0.04]  # half outside vehicle 1, inside vehicle 2
+    out["dn_aux_outputs"] = [
+        {
+            "pred_logits": torch.zeros(1, 6, 2),
+            "pred_boxes": torch.tensor(
+                [[dn_plate, VEHICLE, [0.75, 0.6, 0.2, 0.2]] + [[0.5, 0.5, 0.1, 0.1]] * 3]
+            ),
+        }
+    ]
+    out["dn_meta"] = {
+        "dn_positive_idx": (torch.tensor([0, 1, 2]),),
+        "dn_num_group": 1,
+        "dn_num_split": [6, 2],
+    }
     base = make_crit()(out, tg)
     pen = make_crit({"enabled": True, "lambda": LAM, "apply_to": ["dn"]})(out, tg)
     l1 = (torch.tensor(dn_plate) - torch.tensor(PLATE)).abs().sum().item()
     diff = (pen["loss_bbox_dn_0"] - base["loss_bbox_dn_0"]).item()
-    assert diff == pytest.approx(5 * LAM / 2 * l1 / 3, rel=1e-5)         # num_boxes 3, 1 group
+    assert diff == pytest.approx(5 * LAM / 2 * l1 / 3, rel=1e-5)  # num_boxes 3, 1 group
 
 
 def test_off_is_bit_for_bit_the_baseline():
@@ -232,10 +286,16 @@ def test_off_is_bit_for_bit_the_baseline():
     ref_grads = [h["pred_boxes"].grad.clone() for h in [out] + out["aux_outputs"]]
     no_child = [dict(t, parent_idx=torch.full_like(t["parent_idx"], -1)) for t in tg]
     with pytest.warns(UserWarning, match="no relations"):
-        no_rel = [make_crit({"enabled": True, "lambda": LAM}, relations=[]),
-                  make_crit({"enabled": True, "lambda": LAM, "relations": []})]
-    variants = [(make_crit({"enabled": False, "lambda": LAM}), tg), (no_rel[0], tg), (no_rel[1], tg),
-                (make_crit({"enabled": True, "lambda": LAM}), no_child)]
+        no_rel = [
+            make_crit({"enabled": True, "lambda": LAM}, relations=[]),
+            make_crit({"enabled": True, "lambda": LAM, "relations": []}),
+        ]
+    variants = [
+        (make_crit({"enabled": False, "lambda": LAM}), tg),
+        (no_rel[0], tg),
+        (no_rel[1], tg),
+        (make_crit({"enabled": True, "lambda": LAM}), no_child),
+    ]
     for crit, targets in variants:
         for h in [out] + out["aux_outputs"] + out["dn_aux_outputs"] + out["enc_aux_outputs"]:
             h["pred_boxes"].grad = None
@@ -289,6 +349,8 @@ def test_penalty_module_directly():
     terms = {"iou": torch.ones(2), "l1": torch.full((2,), 2.0)}
     pred = torch.tensor([HALF_OUT, [0.9, 0.9, 0.1, 0.1]])
     out = icr(terms, pred, torch.tensor([0, 1]), prep, record=2)
-    assert torch.allclose(out["iou"], torch.tensor([1.5, 1.0])) and torch.allclose(out["l1"], torch.tensor([3.0, 2.0]))
+    assert torch.allclose(out["iou"], torch.tensor([1.5, 1.0])) and torch.allclose(
+        out["l1"], torch.tensor([3.0, 2.0])
+    )
     out = icr(terms, pred, torch.tensor([0, 1]), prep, apply=torch.tensor([False, True]))
     assert torch.equal(out["iou"], terms["iou"])

@@ -1,4 +1,5 @@
 """IoU-family losses: hand-computed values, torchvision agreement, degenerate boxes."""
+
 import math
 
 import pytest
@@ -7,10 +8,10 @@ import torchvision
 
 from rtdetrv2_icr.loss.iou import BASE_KINDS, iou_family_loss, parse_iou_kind
 
-A = torch.tensor([[0.0, 0.0, 2.0, 2.0]])        # xyxy
+A = torch.tensor([[0.0, 0.0, 2.0, 2.0]])  # xyxy
 B = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
-WIDE = torch.tensor([[0.0, 0.0, 4.0, 2.0]])     # w 4, h 2
-SQ = torch.tensor([[0.0, 0.0, 2.0, 2.0]])       # w 2, h 2, centre 1 left of WIDE's
+WIDE = torch.tensor([[0.0, 0.0, 4.0, 2.0]])  # w 4, h 2
+SQ = torch.tensor([[0.0, 0.0, 2.0, 2.0]])  # w 2, h 2, centre 1 left of WIDE's
 
 
 def L(a, b, kind, **kw):
@@ -18,12 +19,12 @@ def L(a, b, kind, **kw):
 
 
 def test_hand_values_diagonal_offset():
-    iou = 1 / 7                                  # inter 1, union 7, hull 3x3, rho² 2, c² 18
+    iou = 1 / 7  # inter 1, union 7, hull 3x3, rho² 2, c² 18
     assert L(A, B, "iou") == pytest.approx(1 - iou)
     assert L(A, B, "giou") == pytest.approx(1 - iou + 2 / 9)
     assert L(A, B, "diou") == pytest.approx(1 - iou + 2 / 18)
-    assert L(A, B, "ciou") == pytest.approx(1 - iou + 2 / 18)       # same aspect: v = 0
-    assert L(A, B, "eiou") == pytest.approx(1 - iou + 2 / 18)       # same sizes
+    assert L(A, B, "ciou") == pytest.approx(1 - iou + 2 / 18)  # same aspect: v = 0
+    assert L(A, B, "eiou") == pytest.approx(1 - iou + 2 / 18)  # same sizes
     # SIoU: 45° offset -> angle cost 1, gamma 1; rho_x = rho_y = (1/3)²; no shape cost
     assert L(A, B, "siou") == pytest.approx(1 - iou + (1 - math.exp(-1 / 9)))
     assert L(A, B, "nwd", nwd_constant=1.0) == pytest.approx(1 - math.exp(-math.sqrt(2)), rel=1e-5)
@@ -33,13 +34,13 @@ def test_hand_values_shape_terms():
     # WIDE vs SQ: inter 4, union 8 -> IoU 0.5; hull = WIDE (4 x 2); centres (2,1), (1,1)
     diou = 0.5 + 1 / 20
     assert L(WIDE, SQ, "diou") == pytest.approx(diou)
-    v = 4 / math.pi ** 2 * (math.atan(1.0) - math.atan(2.0)) ** 2
+    v = 4 / math.pi**2 * (math.atan(1.0) - math.atan(2.0)) ** 2
     assert L(WIDE, SQ, "ciou") == pytest.approx(diou + v / (0.5 + v) * v)
     assert L(WIDE, SQ, "eiou") == pytest.approx(diou + 4 / 16)
-    dist = 1 - math.exp(-2 * (1 / 4) ** 2)       # angle 0 -> gamma 2; rho_y = 0
-    shape = (1 - math.exp(-0.5)) ** 4            # omega_w = 2/4, omega_h = 0
+    dist = 1 - math.exp(-2 * (1 / 4) ** 2)  # angle 0 -> gamma 2; rho_y = 0
+    shape = (1 - math.exp(-0.5)) ** 4  # omega_w = 2/4, omega_h = 0
     assert L(WIDE, SQ, "siou") == pytest.approx(0.5 + 0.5 * (dist + shape))
-    w2 = 1 + (4 / 4 + 0) / 1                     # rho² + ((Δw)² + (Δh)²) / 4
+    w2 = 1 + (4 / 4 + 0) / 1  # rho² + ((Δw)² + (Δh)²) / 4
     assert L(WIDE, SQ, "nwd", nwd_constant=2.0) == pytest.approx(1 - math.exp(-math.sqrt(w2) / 2))
 
 
@@ -49,7 +50,9 @@ def test_inner_forms_hand_values():
     assert L(A, B, "inner_giou", inner_ratio=0.5) == pytest.approx(1 + 2 / 9)
     # ratio 1.5: [-.5,-.5,2.5,2.5] vs [.5,.5,3.5,3.5] -> inter 4, union 14; penalty on real boxes
     assert L(A, B, "inner_diou", inner_ratio=1.5) == pytest.approx(1 - 2 / 7 + 2 / 18)
-    assert L(A, B, "inner_siou", inner_ratio=1.5) == pytest.approx(1 - 2 / 7 + (1 - math.exp(-1 / 9)))
+    assert L(A, B, "inner_siou", inner_ratio=1.5) == pytest.approx(
+        1 - 2 / 7 + (1 - math.exp(-1 / 9))
+    )
     # a plain kind with inner_ratio is its inner form; ratio 1 is the plain loss
     assert L(A, B, "siou", inner_ratio=1.5) == L(A, B, "inner_siou", inner_ratio=1.5)
     assert L(A, B, "inner_ciou", inner_ratio=1.0) == pytest.approx(L(A, B, "ciou"))
@@ -57,6 +60,7 @@ def test_inner_forms_hand_values():
 
 def test_cxcywh_input_equals_xyxy_input():
     from rtdetrv2_icr.ops.boxes import box_xyxy_to_cxcywh
+
     for kind in BASE_KINDS:
         a = iou_family_loss(box_xyxy_to_cxcywh(WIDE), box_xyxy_to_cxcywh(SQ), kind)
         assert torch.allclose(a, iou_family_loss(WIDE, SQ, kind, box_format="xyxy"))
@@ -69,37 +73,54 @@ def test_against_torchvision():
     lo = torch.rand(64, 2, generator=g)
     b = torch.cat([lo, lo + torch.rand(64, 2, generator=g) * 0.4 + 1e-3], 1)
     tv = torchvision.ops
-    assert torch.allclose(iou_family_loss(a, b, "iou", box_format="xyxy"),
-                          1 - torch.diag(tv.box_iou(a, b)), atol=1e-6)
-    assert torch.allclose(iou_family_loss(a, b, "giou", box_format="xyxy"),
-                          tv.generalized_box_iou_loss(a, b), atol=1e-6)
-    assert torch.allclose(iou_family_loss(a, b, "diou", box_format="xyxy"),
-                          tv.distance_box_iou_loss(a, b), atol=1e-5)
-    assert torch.allclose(iou_family_loss(a, b, "ciou", box_format="xyxy"),
-                          tv.complete_box_iou_loss(a, b), atol=1e-5)
+    assert torch.allclose(
+        iou_family_loss(a, b, "iou", box_format="xyxy"), 1 - torch.diag(tv.box_iou(a, b)), atol=1e-6
+    )
+    assert torch.allclose(
+        iou_family_loss(a, b, "giou", box_format="xyxy"),
+        tv.generalized_box_iou_loss(a, b),
+        atol=1e-6,
+    )
+    assert torch.allclose(
+        iou_family_loss(a, b, "diou", box_format="xyxy"), tv.distance_box_iou_loss(a, b), atol=1e-5
+    )
+    assert torch.allclose(
+        iou_family_loss(a, b, "ciou", box_format="xyxy"), tv.complete_box_iou_loss(a, b), atol=1e-5
+    )
 
 
-ALL_KINDS = [(k, None) for k in BASE_KINDS] + [(f"inner_{k}", 1.25) for k in BASE_KINDS if k != "nwd"] \
+ALL_KINDS = (
+    [(k, None) for k in BASE_KINDS]
+    + [(f"inner_{k}", 1.25) for k in BASE_KINDS if k != "nwd"]
     + [(f"inner_{k}", 0.7) for k in BASE_KINDS if k != "nwd"]
+)
 
 
 @pytest.mark.parametrize("kind,ratio", ALL_KINDS)
 def test_degenerate_boxes_finite_value_and_gradient(kind, ratio):
-    pred = torch.tensor([[0.5, 0.5, 0.5, 0.5],   # point on a point
-                         [0.5, 0.5, 0.5, 0.5],   # point inside a box
-                         [0.2, 0.2, 0.1, 0.1],   # inverted
-                         [0.1, 0.1, 0.3, 0.3],   # identical
-                         [0.0, 0.0, 0.01, 0.01],  # far apart
-                         [0.0, 0.0, 0.0, 0.3],   # zero width
-                         [0.3, 0.3, 0.3, 0.3]],  # point far from a point
-                        requires_grad=True)
-    tgt = torch.tensor([[0.5, 0.5, 0.5, 0.5],
-                        [0.4, 0.4, 0.6, 0.6],
-                        [0.0, 0.0, 0.3, 0.3],
-                        [0.1, 0.1, 0.3, 0.3],
-                        [0.9, 0.9, 1.0, 1.0],
-                        [0.0, 0.0, 0.0, 0.3],
-                        [0.8, 0.1, 0.8, 0.1]])
+    pred = torch.tensor(
+        [
+            [0.5, 0.5, 0.5, 0.5],  # point on a point
+            [0.5, 0.5, 0.5, 0.5],  # point inside a box
+            [0.2, 0.2, 0.1, 0.1],  # inverted
+            [0.1, 0.1, 0.3, 0.3],  # identical
+            [0.0, 0.0, 0.01, 0.01],  # far apart
+            [0.0, 0.0, 0.0, 0.3],  # zero width
+            [0.3, 0.3, 0.3, 0.3],
+        ],  # point far from a point
+        requires_grad=True,
+    )
+    tgt = torch.tensor(
+        [
+            [0.5, 0.5, 0.5, 0.5],
+            [0.4, 0.4, 0.6, 0.6],
+            [0.0, 0.0, 0.3, 0.3],
+            [0.1, 0.1, 0.3, 0.3],
+            [0.9, 0.9, 1.0, 1.0],
+            [0.0, 0.0, 0.0, 0.3],
+            [0.8, 0.1, 0.8, 0.1],
+        ]
+    )
     loss = iou_family_loss(pred, tgt, kind, inner_ratio=ratio, box_format="xyxy")
     assert loss.shape == (7,) and torch.isfinite(loss).all()
     loss.sum().backward()
@@ -110,8 +131,8 @@ def test_degenerate_boxes_finite_value_and_gradient(kind, ratio):
     v.sum().backward()
     assert torch.isfinite(v).all() and torch.isfinite(c.grad).all()
     if kind != "nwd":
-        assert loss[3].item() == pytest.approx(0.0, abs=1e-6)   # identical boxes
-        assert loss[4].item() >= 1.0                             # disjoint boxes
+        assert loss[3].item() == pytest.approx(0.0, abs=1e-6)  # identical boxes
+        assert loss[4].item() >= 1.0  # disjoint boxes
 
 
 def test_identical_boxes_zero_and_loss_decreases_with_overlap():

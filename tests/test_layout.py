@@ -6,6 +6,7 @@
 Every import (top level or inside a function) is read with `ast`, so a lazy import against the
 direction fails too.
 """
+
 import ast
 import os
 
@@ -49,7 +50,7 @@ def _imported_layers(path: str):
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = pkg_parts[:len(pkg_parts) - node.level + 1]
+                base = pkg_parts[: len(pkg_parts) - node.level + 1]
                 parts = base + (node.module.split(".") if node.module else [])
                 names = [parts] if node.module else [base + [a.name] for a in node.names]
             else:
@@ -69,7 +70,7 @@ def test_imports_flow_one_way():
     bad = []
     for path in _modules():
         own = _layer(path)
-        if own == "root":               # the package __init__ registers everything
+        if own == "root":  # the package __init__ registers everything
             continue
         for line, layer in _imported_layers(path):
             if layer != own and layer in ALLOWED and layer not in ALLOWED[own]:

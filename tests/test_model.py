@@ -5,6 +5,7 @@ r18vd/r34vd/r50vd COCO configs (80 classes, pretrained=False): parameter counts 
 the sorted ``key:shape`` list of the state_dict. Full-size models are only built and counted
 (no forward at 640) to keep this file fast; forwards use the tiny demo config.
 """
+
 import hashlib
 from pathlib import Path
 
@@ -24,7 +25,8 @@ TINY = ROOT / "configs/demo/rtdetrv2_tiny.yml"
 _SMALL = lambda depth, layers: dict(
     PResNet={"depth": depth, "freeze_at": -1, "freeze_norm": False, "pretrained": False},
     HybridEncoder={"in_channels": [128, 256, 512], "hidden_dim": 256, "expansion": 0.5},
-    RTDETRTransformerv2={"num_layers": layers})
+    RTDETRTransformerv2={"num_layers": layers},
+)
 UPSTREAM = {
     # name: (overrides, parameters, state_dict entries, digest of sorted "key:shape")
     "r18vd": (_SMALL(18, 3), 20_184_464, 538, "ec38bf7abfa718d2"),
@@ -67,11 +69,18 @@ def _tiny(**overrides):
 
 
 def _targets():
-    return [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.1, 0.05],
-                                                                     [0.5, 0.55, 0.4, 0.3]]),
-             "parent_idx": torch.tensor([1, -1])},
-            {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4),
-             "parent_idx": torch.zeros(0, dtype=torch.long)}]
+    return [
+        {
+            "labels": torch.tensor([0, 1]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.1, 0.05], [0.5, 0.55, 0.4, 0.3]]),
+            "parent_idx": torch.tensor([1, -1]),
+        },
+        {
+            "labels": torch.zeros(0, dtype=torch.long),
+            "boxes": torch.zeros(0, 4),
+            "parent_idx": torch.zeros(0, dtype=torch.long),
+        },
+    ]
 
 
 def test_tiny_model_train_and_eval_outputs():
@@ -85,8 +94,11 @@ def test_tiny_model_train_and_eval_outputs():
     n_dn = out["dn_meta"]["dn_num_split"][0]
     assert out["dn_meta"]["dn_num_split"] == [2 * 2 * (20 // 2), q] and n_dn == 40
     assert out["dn_aux_outputs"][0]["ref_points"].shape == (2, n_dn, 4)
-    loss = out["pred_logits"].sum() + out["pred_boxes"].sum() + \
-        sum(d["pred_boxes"].sum() for d in out["aux_outputs"] + out["dn_aux_outputs"])
+    loss = (
+        out["pred_logits"].sum()
+        + out["pred_boxes"].sum()
+        + sum(d["pred_boxes"].sum() for d in out["aux_outputs"] + out["dn_aux_outputs"])
+    )
     loss.backward()
     assert model.backbone.conv1.conv1_1.conv.weight.grad.abs().sum() > 0
 
@@ -109,7 +121,7 @@ def test_tiny_model_deploy_keeps_outputs():
         before = model(images)
         assert model.deploy() is model and not model.training
         fused = [m for m in model.modules() if hasattr(m, "convert_to_deploy")]
-        assert fused and all(hasattr(m, "conv") for m in fused)   # RepVGG blocks were fused
+        assert fused and all(hasattr(m, "conv") for m in fused)  # RepVGG blocks were fused
         after = model(images)
     assert torch.allclose(before["pred_logits"], after["pred_logits"], atol=1e-4)
     assert torch.allclose(before["pred_boxes"], after["pred_boxes"], atol=1e-4)

@@ -4,8 +4,10 @@ Pinned counts were measured beside the reference implementation (the authors' Ul
 uavdetr-r18.yaml, and uavdetr-r50.yaml built from the R18 modules, nc = 2): backbone 11,199,968 /
 23,527,264; neck 6,599,480 / 15,667,504 less the unused FFM convs (12,160 / 14,080). The decoder
 is the shared RT-DETRv2 one; at UAV-DETR's settings it has as many parameters as the reference's
-Ultralytics RTDETRDecoder (3,919,224). Full-size models are only counted; forwards use the tiny config.
+Ultralytics RTDETRDecoder (3,919,224). Full-size models are only counted; forwards use the tiny
+config.
 """
+
 import os
 from pathlib import Path
 
@@ -32,12 +34,15 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize("name,backbone,neck", [
-    ("uavdetr_r18_svmlp", 11_199_968, 6_599_480 - 12_160),
-    ("uavdetr_r18_svmlp_icr", 11_199_968, 6_599_480 - 12_160),
-    ("uavdetr_r50_svmlp", 23_527_264, 15_667_504 - 14_080),
-    ("uavdetr_r50_svmlp_icr", 23_527_264, 15_667_504 - 14_080),
-])
+@pytest.mark.parametrize(
+    "name,backbone,neck",
+    [
+        ("uavdetr_r18_svmlp", 11_199_968, 6_599_480 - 12_160),
+        ("uavdetr_r18_svmlp_icr", 11_199_968, 6_599_480 - 12_160),
+        ("uavdetr_r50_svmlp", 23_527_264, 15_667_504 - 14_080),
+        ("uavdetr_r50_svmlp_icr", 23_527_264, 15_667_504 - 14_080),
+    ],
+)
 def test_full_configs_param_counts(name, backbone, neck):
     cfg = YAMLConfig(str(CFG / f"{name}.yml"), PResNet={"pretrained": False})
     model = cfg.model
@@ -56,11 +61,18 @@ def test_full_configs_param_counts(name, backbone, neck):
 def _targets(b=2):
     """Image 0: a vehicle with a plate inside it, an orphan plate; image 1: nothing; more images
     repeat image 0."""
-    full = {"labels": torch.tensor([1, 0, 0]),
-            "boxes": torch.tensor([[0.5, 0.55, 0.4, 0.3], [0.5, 0.6, 0.1, 0.05], [0.2, 0.2, 0.08, 0.04]]),
-            "parent_idx": torch.tensor([-1, 0, -1])}
-    empty = {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4),
-             "parent_idx": torch.zeros(0, dtype=torch.long)}
+    full = {
+        "labels": torch.tensor([1, 0, 0]),
+        "boxes": torch.tensor(
+            [[0.5, 0.55, 0.4, 0.3], [0.5, 0.6, 0.1, 0.05], [0.2, 0.2, 0.08, 0.04]]
+        ),
+        "parent_idx": torch.tensor([-1, 0, -1]),
+    }
+    empty = {
+        "labels": torch.zeros(0, dtype=torch.long),
+        "boxes": torch.zeros(0, 4),
+        "parent_idx": torch.zeros(0, dtype=torch.long),
+    }
     return [dict(full) if i != 1 else dict(empty) for i in range(b)]
 
 
@@ -83,14 +95,18 @@ def test_tiny_train_step_with_icr_every_parameter_gets_a_gradient(hw):
     assert torch.isfinite(total)
     total.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"parameters without gradient (DDP would need find_unused_parameters): {missing}"
+    assert not missing, (
+        f"parameters without gradient (DDP would need find_unused_parameters): {missing}"
+    )
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     stats = criterion.last_icr_stats
     assert stats["icr_num_child"] >= 1 and stats["icr_factor_mean"] >= 1.0
 
     before = [p.detach().clone() for p in model.parameters()]
     torch.optim.AdamW(model.parameters(), lr=1e-3).step()
-    assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters())) > 0.9 * len(before)
+    assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters())) > 0.9 * len(
+        before
+    )
 
 
 def test_icr_changes_only_the_box_terms_of_children():
@@ -102,9 +118,9 @@ def test_icr_changes_only_the_box_terms_of_children():
     assert set(with_icr) == set(base)
     for k in base:
         if k.startswith("loss_vfl"):
-            torch.testing.assert_close(with_icr[k], base[k])        # classification unchanged
+            torch.testing.assert_close(with_icr[k], base[k])  # classification unchanged
         else:
-            assert with_icr[k] >= base[k] - 1e-6                     # factors are >= 1
+            assert with_icr[k] >= base[k] - 1e-6  # factors are >= 1
 
 
 def test_eval_outputs_match_rtdetrv2_structure_through_the_same_postprocessor():

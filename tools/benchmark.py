@@ -2,11 +2,13 @@
 and inference per image, on random images and random plate-in-vehicle targets.
 
     python tools/benchmark.py -c configs/rtdetrv2/rtdetrv2_r18vd_svmlp.yml --size 640 --batch 2
-    python tools/benchmark.py -c CONFIG --mode infer --batch 1 --steps 20 -u RTDETRTransformerv2.num_queries=100
+    python tools/benchmark.py -c CONFIG --mode infer --batch 1 --steps 20 -u
+    RTDETRTransformerv2.num_queries=100
 
 Timings are medians over ``--steps`` after ``--warmup`` untimed steps. On a shared machine run it
 when nothing else is busy; numbers from this script go in notes and the README, not in tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import rtdetrv2_icr  # noqa: E402,F401  (registers components)
-from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
-
 import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck)
+from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
 
 
 def random_targets(batch: int, num_pairs: int, generator: torch.Generator, device):
@@ -35,11 +36,16 @@ def random_targets(batch: int, num_pairs: int, generator: torch.Generator, devic
         vwh = torch.rand(num_pairs, 2, generator=generator) * 0.2 + 0.1
         pwh = vwh * torch.tensor([0.25, 0.12])
         pc = vc + (torch.rand(num_pairs, 2, generator=generator) - 0.5) * (vwh - pwh) * 0.8
-        boxes = torch.cat([torch.cat([pc, pwh], 1), torch.cat([vc, vwh], 1)])   # plates first
+        boxes = torch.cat([torch.cat([pc, pwh], 1), torch.cat([vc, vwh], 1)])  # plates first
         labels = torch.cat([torch.zeros(num_pairs), torch.ones(num_pairs)]).long()
         parent = torch.cat([torch.arange(num_pairs) + num_pairs, torch.full((num_pairs,), -1)])
-        targets.append({"boxes": boxes.to(device), "labels": labels.to(device),
-                        "parent_idx": parent.to(device)})
+        targets.append(
+            {
+                "boxes": boxes.to(device),
+                "labels": labels.to(device),
+                "parent_idx": parent.to(device),
+            }
+        )
     return targets
 
 
@@ -62,7 +68,9 @@ def time_steps(fn, steps: int, warmup: int, device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-c", "--config", required=True)
     ap.add_argument("--size", type=int, default=640, help="square input size")
     ap.add_argument("--batch", type=int, default=2)
@@ -70,7 +78,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--mode", choices=["train", "infer", "both"], default="both")
     ap.add_argument("--pairs", type=int, default=5, help="plate/vehicle pairs per image (train)")
-    ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    ap.add_argument(
+        "--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("-u", "--update", nargs="+", default=[], help="config overrides key.sub=value")
@@ -86,8 +96,14 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 3, args.size, args.size, generator=gen).to(device)
-    result = {"config": args.config, "device": str(device), "threads": torch.get_num_threads(),
-              "size": args.size, "batch": args.batch, "params": n_params}
+    result = {
+        "config": args.config,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "batch": args.batch,
+        "params": n_params,
+    }
 
     if args.mode in ("train", "both"):
         criterion = cfg.criterion.to(device)

@@ -1,14 +1,17 @@
 """The `make demo` run: synthetic data -> torchrun training -> test-split evaluation.
 
-    python tools/demo.py [-c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml] [--nproc 1] [-u key=value ...]
+    python tools/demo.py [-c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml] [--nproc 1] [-u
+    key=value ...]
 
 1. draws the synthetic plate/vehicle splits the config's `synthetic_data` section asks for,
    unless they already exist (delete the folder to redraw);
-2. trains with `torchrun --nproc_per_node=N tools/train.py -c CONFIG` (CPU or GPU, whatever is there);
+2. trains with `torchrun --nproc_per_node=N tools/train.py -c CONFIG` (CPU or GPU, whatever is
+there);
 3. evaluates `best.pth` on the test split with `tools/eval.py` and prints the per-class table;
 4. tells where the TensorBoard logs are.
 Every step is an ordinary command, printed before it runs, so it can be repeated by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,20 +35,31 @@ def run(cmd, what: str) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     ap.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for torchrun")
     ap.add_argument("--output-dir", help="default: the config's output_dir")
-    ap.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="config overrides passed to train.py and eval.py")
+    ap.add_argument(
+        "-u",
+        "--update",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides passed to train.py and eval.py",
+    )
     args = ap.parse_args(argv)
 
     from rtdetrv2_icr.core import YAMLConfig, parse_cli
+
     cfg = YAMLConfig(os.path.join(ROOT, args.config), **parse_cli(args.update))
     out_dir = args.output_dir or cfg.get("output_dir", "output/demo")
     data = cfg.get("synthetic_data")
     if not isinstance(data, dict) or "out" not in data:
-        raise SystemExit(f"{args.config}: needs a `synthetic_data: {{out: DIR, train: N, ...}}` section")
+        raise SystemExit(
+            f"{args.config}: needs a `synthetic_data: {{out: DIR, train: N, ...}}` section"
+        )
     py = sys.executable
     times = {}
 
@@ -59,15 +73,45 @@ def main(argv=None) -> int:
         times["data"] = run(cmd, "drawing the synthetic dataset")
 
     update = ["-u", *args.update] if args.update else []
-    times["train"] = run([py, "-m", "torch.distributed.run", "--standalone",
-                          f"--nproc_per_node={args.nproc}", "tools/train.py", "-c", args.config,
-                          "--output-dir", out_dir, *update], "training")
+    times["train"] = run(
+        [
+            py,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.nproc}",
+            "tools/train.py",
+            "-c",
+            args.config,
+            "--output-dir",
+            out_dir,
+            *update,
+        ],
+        "training",
+    )
     eval_dir = os.path.join(out_dir, "test_eval")
-    times["eval"] = run([py, "tools/eval.py", "-c", args.config, "-r", os.path.join(out_dir, "best.pth"),
-                         "--split", "test", "--out", eval_dir, *update], "evaluating best.pth on the test split")
+    times["eval"] = run(
+        [
+            py,
+            "tools/eval.py",
+            "-c",
+            args.config,
+            "-r",
+            os.path.join(out_dir, "best.pth"),
+            "--split",
+            "test",
+            "--out",
+            eval_dir,
+            *update,
+        ],
+        "evaluating best.pth on the test split",
+    )
 
-    print("\n==> demo finished: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-          + f", total {sum(times.values()) / 60:.1f} min")
+    print(
+        "\n==> demo finished: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+        + f", total {sum(times.values()) / 60:.1f} min"
+    )
     print(f"    report: {os.path.join(eval_dir, 'metrics.md')} (and metrics.json)")
     print(f"    TensorBoard: .venv/bin/tensorboard --logdir {os.path.join(out_dir, 'summary')}")
     return 0

@@ -1,12 +1,15 @@
 """Evaluate a checkpoint on the val or test split with the COCO protocol and the report of
-docs/evaluation.md (12 COCO numbers, per-class AP50 / AP50:95 / AP_s / AP_m / AR, relational consistency).
+docs/evaluation.md (12 COCO numbers, per-class AP50 / AP50:95 / AP_s / AP_m / AR, relational
+consistency).
 
     python tools/eval.py -c CONFIG -r output/x/best.pth --split test --out output/x/test_eval
-    torchrun --nproc_per_node=4 tools/eval.py -c CONFIG -r best.pth --split test --backend pycocotools
+    torchrun --nproc_per_node=4 tools/eval.py -c CONFIG -r best.pth --split test --backend
+    pycocotools
 
 Writes DIR/metrics.json and DIR/metrics.md and prints the tables. EMA weights are used when the
 checkpoint has them (--weights model to use the raw model weights).
 """
+
 import argparse
 import os
 import sys
@@ -21,24 +24,37 @@ from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("-c", "--config", required=True)
-    p.add_argument("-r", "--resume", "--checkpoint", dest="checkpoint", required=True, help="checkpoint (.pth)")
+    p.add_argument(
+        "-r", "--resume", "--checkpoint", dest="checkpoint", required=True, help="checkpoint (.pth)"
+    )
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--backend", choices=["faster", "pycocotools"], default="faster")
     p.add_argument("--out", help="output directory (default: <checkpoint dir>/eval_<split>)")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA weights if present (default)")
+    p.add_argument(
+        "--weights",
+        choices=["ema", "model"],
+        default="ema",
+        help="EMA weights if present (default)",
+    )
     p.add_argument("-d", "--device")
-    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard summaries to OUT/summary")
+    p.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard summaries to OUT/summary"
+    )
     p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
     overrides = parse_cli(args.update)
     device = dist.init_distributed(args.device)
     overrides["device"] = str(device)
-    overrides["use_ema"] = False          # the chosen weights are loaded into the model itself
+    overrides["use_ema"] = False  # the chosen weights are loaded into the model itself
     overrides["eval_tensorboard"] = bool(args.tensorboard)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{args.split}")
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{args.split}"
+    )
     try:
         cfg = YAMLConfig(args.config, **overrides)
         log = get_logger()
@@ -47,11 +63,18 @@ def main(argv=None) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         state = extract_model_state(ckpt, prefer_ema=args.weights == "ema")
         dist.unwrap_model(trainer.model).load_state_dict(state)
-        trainer.last_epoch = int(ckpt.get("last_epoch", 0)) if isinstance(ckpt.get("last_epoch"), int) else 0
-        log.info(f"evaluating {args.checkpoint} ({args.weights} weights) on the {args.split} split, backend {args.backend}")
+        trainer.last_epoch = (
+            int(ckpt.get("last_epoch", 0)) if isinstance(ckpt.get("last_epoch"), int) else 0
+        )
+        log.info(
+            f"evaluating {args.checkpoint} ({args.weights} weights) on the {args.split} split, "
+            f"backend {args.backend}"
+        )
         trainer.evaluate_split(args.split, out_dir=out, backend=args.backend)
         if dist.is_main_process():
-            log.info(f"written {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'metrics.md')}")
+            log.info(
+                f"written {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'metrics.md')}"
+            )
     finally:
         dist.cleanup()
     return 0

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Draw the synthetic SVMLP-style dataset (images, COCO json with parent_id, YOLO labels).
 
-    python tools/make_synthetic.py --out data/synthetic --train 800 --val 100 --test 100 --seed 0
+python tools/make_synthetic.py --out data/synthetic --train 800 --val 100 --test 100 --seed 0
 """
+
 import argparse
 import os
 import sys
@@ -14,7 +15,9 @@ from rtdetrv2_icr.data.synthetic import SceneConfig, write_split  # noqa: E402
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="data/synthetic", help="output directory")
     ap.add_argument("--train", type=int, default=800)
     ap.add_argument("--val", type=int, default=100)
@@ -23,12 +26,18 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=640, help="square image side in pixels")
     ap.add_argument("--max-vehicles", type=int, default=6, help="vehicles per image: 1..N")
     ap.add_argument("--night-prob", type=float, default=0.3, help="share of night scenes")
-    ap.add_argument("--max-distractors", type=int, default=2, help="plate-like signs per image: 0..N")
+    ap.add_argument(
+        "--max-distractors", type=int, default=2, help="plate-like signs per image: 0..N"
+    )
     args = ap.parse_args(argv)
     if args.max_vehicles < 1 or args.size < 64:
         ap.error("--max-vehicles must be >= 1 and --size >= 64")
-    cfg = SceneConfig(size=args.size, max_vehicles=args.max_vehicles, night_prob=args.night_prob,
-                      max_distractors=args.max_distractors)
+    cfg = SceneConfig(
+        size=args.size,
+        max_vehicles=args.max_vehicles,
+        night_prob=args.night_prob,
+        max_distractors=args.max_distractors,
+    )
     total, t0 = 0, time.time()
     for split in ("train", "val", "test"):
         n = getattr(args, split)
@@ -37,10 +46,15 @@ def main(argv=None):
         t = time.time()
         coco = write_split(args.out, split, n, args.seed, cfg)
         total += n
-        print(f"{split}: {n} images, {len(coco['annotations'])} annotations -> "
-              f"{os.path.join(args.out, 'annotations', split + '.json')} ({time.time() - t:.1f} s)")
+        print(
+            f"{split}: {n} images, {len(coco['annotations'])} annotations -> "
+            f"{os.path.join(args.out, 'annotations', split + '.json')} ({time.time() - t:.1f} s)"
+        )
     dt = time.time() - t0
-    print(f"{total} images of {args.size}x{args.size} in {dt:.1f} s ({1000 * dt / max(total, 1):.0f} ms/image)")
+    print(
+        f"{total} images of {args.size}x{args.size} in {dt:.1f} s "
+        f"({1000 * dt / max(total, 1):.0f} ms/image)"
+    )
 
 
 if __name__ == "__main__":

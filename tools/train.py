@@ -1,11 +1,13 @@
 """Train or evaluate an ICR-DETR / RT-DETRv2 model from a config.
 
-    python tools/train.py -c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml
-    torchrun --nproc_per_node=8 tools/train.py -c configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml --use-amp
-    python tools/train.py -c CONFIG -r output/x/last.pth          # resume
-    python tools/train.py -c CONFIG -t rtdetrv2_r18vd_120e_coco.pth  # fine-tune from a checkpoint
-    python tools/train.py -c CONFIG -r output/x/best.pth --test-only
+python tools/train.py -c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml
+torchrun --nproc_per_node=8 tools/train.py -c configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml
+--use-amp
+python tools/train.py -c CONFIG -r output/x/last.pth          # resume
+python tools/train.py -c CONFIG -t rtdetrv2_r18vd_120e_coco.pth  # fine-tune from a checkpoint
+python tools/train.py -c CONFIG -r output/x/best.pth --test-only
 """
+
 import argparse
 import os
 import sys
@@ -19,18 +21,40 @@ from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("-c", "--config", required=True, help="YAML config")
-    p.add_argument("-r", "--resume", help="checkpoint to resume training from (or to evaluate with --test-only)")
-    p.add_argument("-t", "--tuning", help="checkpoint to fine-tune from: loads tensors whose name and shape match")
-    p.add_argument("-d", "--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
+    p.add_argument(
+        "-r",
+        "--resume",
+        help="checkpoint to resume training from (or to evaluate with --test-only)",
+    )
+    p.add_argument(
+        "-t",
+        "--tuning",
+        help="checkpoint to fine-tune from: loads tensors whose name and shape match",
+    )
+    p.add_argument(
+        "-d", "--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)"
+    )
     p.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
-    p.add_argument("--use-amp", action="store_true", default=None, help="mixed precision (config amp_dtype)")
+    p.add_argument(
+        "--use-amp", action="store_true", default=None, help="mixed precision (config amp_dtype)"
+    )
     p.add_argument("--output-dir", help="checkpoints, logs, metrics")
     p.add_argument("--summary-dir", help="TensorBoard directory (default <output-dir>/summary)")
     p.add_argument("--test-only", action="store_true", help="only evaluate on the val split")
-    p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. epoches=12 optimizer.lr=2e-4")
-    p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)  # old launchers
+    p.add_argument(
+        "-u",
+        "--update",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. epoches=12 optimizer.lr=2e-4",
+    )
+    p.add_argument(
+        "--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS
+    )  # old launchers
     return p
 
 

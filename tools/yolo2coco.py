@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert a YOLO split (one .txt per image, `class cx cy w h` normalised) to COCO json with parent_id.
+"""Convert a YOLO split (one .txt per image, `class cx cy w h` normalised) to COCO json with
+parent_id.
 
     python tools/yolo2coco.py --images data/svmlp/train/images --labels data/svmlp/train/labels \
         --classes plate,vehicle --pairing order --out data/svmlp/annotations/train.json
@@ -7,6 +8,7 @@
 --pairing order: SVMLP convention, each plate line directly followed by its vehicle line.
 --pairing containment: the vehicle containing most of the plate (>= --min-containment).
 """
+
 import argparse
 import json
 import os
@@ -28,25 +30,41 @@ def parse_relations(text):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", required=True, help="directory of images")
     ap.add_argument("--labels", required=True, help="directory of YOLO .txt labels")
-    ap.add_argument("--classes", required=True, help="class names in YOLO id order, e.g. plate,vehicle")
+    ap.add_argument(
+        "--classes", required=True, help="class names in YOLO id order, e.g. plate,vehicle"
+    )
     ap.add_argument("--pairing", choices=["order", "containment"], default="order")
-    ap.add_argument("--relations", type=parse_relations, default=None,
-                    help="child:parent,... (default plate:vehicle when both classes exist)")
+    ap.add_argument(
+        "--relations",
+        type=parse_relations,
+        default=None,
+        help="child:parent,... (default plate:vehicle when both classes exist)",
+    )
     ap.add_argument("--min-containment", type=float, default=0.5)
     ap.add_argument("--out", required=True, help="output COCO json")
     args = ap.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    coco = yolo_to_coco(args.images, args.labels, classes, pairing=args.pairing,
-                        relations=args.relations, min_containment=args.min_containment)
+    coco = yolo_to_coco(
+        args.images,
+        args.labels,
+        classes,
+        pairing=args.pairing,
+        relations=args.relations,
+        min_containment=args.min_containment,
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(coco, f)
     linked = sum(1 for a in coco["annotations"] if a.get("parent_id", -1) >= 0)
-    print(f"{args.out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
-          f"{linked} with a parent")
+    print(
+        f"{args.out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+        f"{linked} with a parent"
+    )
 
 
 if __name__ == "__main__":

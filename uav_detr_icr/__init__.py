@@ -5,13 +5,24 @@ backbone, decoder, criterion (with ICR), matcher, data pipeline and engine are i
 `rtdetrv2_icr`; this package adds only the neck and its blocks. Importing it registers
 ``UAVDETRNeck`` (and, through `rtdetrv2_icr`, everything else) for the configs.
 """
+
 import rtdetrv2_icr  # noqa: F401  (registers the shared components first)
 
-from .dysample import DySample
-from .spd import SPDConv, space_to_depth
-from .frequency import FFM, ImprovedFFTKernel, MFFF, FrequencyFocusedDownSampling
 from .calibration import SemanticAlignmentCalibration
+from .dysample import DySample
+from .frequency import FFM, MFFF, FrequencyFocusedDownSampling, ImprovedFFTKernel
 from .neck import AIFI, UAVDETRNeck
+from .spd import SPDConv, space_to_depth
 
-__all__ = ["DySample", "SPDConv", "space_to_depth", "FFM", "ImprovedFFTKernel", "MFFF",
-           "FrequencyFocusedDownSampling", "SemanticAlignmentCalibration", "AIFI", "UAVDETRNeck"]
+__all__ = [
+    "DySample",
+    "SPDConv",
+    "space_to_depth",
+    "FFM",
+    "ImprovedFFTKernel",
+    "MFFF",
+    "FrequencyFocusedDownSampling",
+    "SemanticAlignmentCalibration",
+    "AIFI",
+    "UAVDETRNeck",
+]

@@ -17,9 +17,10 @@ CSPRepLayer (identical layout: two 1x1 convs, RepVGG blocks, optional 1x1 out co
 width is ``expansion * D`` (0.5 in UAV-DETR-R18, 1.0 in the R50 layout). Modules are registered in
 the reference's row order so that weights can be mapped by order.
 """
+
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,24 +43,36 @@ class AIFI(nn.Module):
     [B, C, H, W] -> [B, C, H, W]. ``cache_hw`` = (H, W) caches the position embedding used in eval.
     """
 
-    def __init__(self, dim: int, nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
-                 act="gelu", temperature: float = 10000., cache_hw: Optional[Tuple[int, int]] = None):
+    def __init__(
+        self,
+        dim: int,
+        nhead: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.0,
+        act="gelu",
+        temperature: float = 10000.0,
+        cache_hw: Optional[Tuple[int, int]] = None,
+    ):
         super().__init__()
         self.dim, self.temperature = dim, temperature
         self.layer = TransformerEncoderLayer(dim, nhead, dim_feedforward, dropout, activation=act)
         self.cache_hw = tuple(cache_hw) if cache_hw else None
         if self.cache_hw:
             h, w = self.cache_hw
-            self.register_buffer("pos_embed", sincos_pos_embed_2d(w, h, dim, temperature), persistent=False)
+            self.register_buffer(
+                "pos_embed", sincos_pos_embed_2d(w, h, dim, temperature), persistent=False
+            )
 
     def position_embedding(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
         if not self.training and self.cache_hw == (h, w):
             return self.pos_embed.to(ref.dtype)
-        return sincos_pos_embed_2d(w, h, self.dim, self.temperature).to(device=ref.device, dtype=ref.dtype)
+        return sincos_pos_embed_2d(w, h, self.dim, self.temperature).to(
+            device=ref.device, dtype=ref.dtype
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        seq = x.flatten(2).transpose(1, 2)                                   # [B, H*W, C]
+        seq = x.flatten(2).transpose(1, 2)  # [B, H*W, C]
         seq = self.layer(seq, pos_embed=self.position_embedding(h, w, seq))
         return seq.transpose(1, 2).reshape(b, c, h, w).contiguous()
 
@@ -67,18 +80,33 @@ class AIFI(nn.Module):
 @register()
 class UAVDETRNeck(nn.Module):
     """See the module docstring. ``in_channels``: the 4 backbone widths (strides 4, 8, 16, 32)."""
+
     __share__ = ["eval_spatial_size"]
 
-    def __init__(self, in_channels: Sequence[int] = (64, 128, 256, 512), hidden_dim: int = 256,
-                 fine_dim: Optional[int] = None, nhead: int = 8, dim_feedforward: int = 1024,
-                 dropout: float = 0.0, enc_act="gelu", pe_temperature: float = 10000.,
-                 expansion: float = 0.5, num_blocks: int = 3, act="silu", dysample_groups: int = 4,
-                 mfff_ratio: float = 0.25, eval_spatial_size: Optional[Sequence[int]] = None):
+    def __init__(
+        self,
+        in_channels: Sequence[int] = (64, 128, 256, 512),
+        hidden_dim: int = 256,
+        fine_dim: Optional[int] = None,
+        nhead: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.0,
+        enc_act="gelu",
+        pe_temperature: float = 10000.0,
+        expansion: float = 0.5,
+        num_blocks: int = 3,
+        act="silu",
+        dysample_groups: int = 4,
+        mfff_ratio: float = 0.25,
+        eval_spatial_size: Optional[Sequence[int]] = None,
+    ):
         super().__init__()
         if len(in_channels) != 4:
-            raise ValueError(f"UAVDETRNeck: in_channels must list the 4 backbone stages "
-                             f"(strides 4, 8, 16, 32), got {list(in_channels)}; "
-                             f"set PResNet.return_idx: [0, 1, 2, 3]")
+            raise ValueError(
+                f"UAVDETRNeck: in_channels must list the 4 backbone stages "
+                f"(strides 4, 8, 16, 32), got {list(in_channels)}; "
+                f"set PResNet.return_idx: [0, 1, 2, 3]"
+            )
         c2, c3, c4, c5 = in_channels
         d = hidden_dim
         e = fine_dim or hidden_dim // 2
@@ -113,8 +141,9 @@ class UAVDETRNeck(nn.Module):
         self.calibrate = SemanticAlignmentCalibration([d, d], act=act)
 
     @torch.no_grad()
-    def deploy(self) -> "UAVDETRNeck":
-        """Fuse every RepVGG block into a single 3x3 conv (inference only); returns self in eval mode."""
+    def deploy(self) -> UAVDETRNeck:
+        """Fuse every RepVGG block into a single 3x3 conv (inference only); returns self in eval
+        mode."""
         self.eval()
         for m in self.modules():
             if isinstance(m, RepVggBlock):
@@ -123,22 +152,26 @@ class UAVDETRNeck(nn.Module):
 
     def _check(self, feats: List[torch.Tensor]) -> None:
         if len(feats) != 4:
-            raise ValueError(f"UAVDETRNeck: expected 4 backbone maps (strides 4, 8, 16, 32), got {len(feats)}; "
-                             f"set PResNet.return_idx: [0, 1, 2, 3]")
+            raise ValueError(
+                f"UAVDETRNeck: expected 4 backbone maps (strides 4, 8, 16, 32), got {len(feats)}; "
+                f"set PResNet.return_idx: [0, 1, 2, 3]"
+            )
         sizes = [tuple(f.shape[-2:]) for f in feats]
         for (h, w), (h2, w2) in zip(sizes[1:], sizes[2:]):
             if (h, w) != (2 * h2, 2 * w2):
-                raise ValueError(f"UAVDETRNeck: feature sizes {sizes} do not halve exactly from stride 8 "
-                                 f"to 32; the input height and width must be multiples of 32")
+                raise ValueError(
+                    f"UAVDETRNeck: feature sizes {sizes} do not halve exactly from stride 8 "
+                    f"to 32; the input height and width must be multiples of 32"
+                )
 
     def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
         self._check(feats)
         c2, c3, c4, c5 = feats
-        y5 = self.lateral32(self.aifi(self.proj32(c5)))                                  # [B, D, /32]
-        f4 = self.fpn16(torch.cat([self.up32(y5), self.proj16(c4)], dim=1))              # [B, D, /16]
-        y4 = self.lateral16(f4)                                                          # [B, D/2, /16]
-        f3 = torch.cat([self.spd4(c2), self.up16(y4), c3], dim=1)                        # [B, D + C3, /8]
-        f3 = self.fpn8(self.mfff(f3))                                                    # [B, D, /8]
-        n4 = self.pan16(torch.cat([self.down8(f3), y4], dim=1))                          # [B, D, /16]
-        n5 = self.pan32(torch.cat([self.down16(n4), y5], dim=1))                         # [B, D, /32]
+        y5 = self.lateral32(self.aifi(self.proj32(c5)))  # [B, D, /32]
+        f4 = self.fpn16(torch.cat([self.up32(y5), self.proj16(c4)], dim=1))  # [B, D, /16]
+        y4 = self.lateral16(f4)  # [B, D/2, /16]
+        f3 = torch.cat([self.spd4(c2), self.up16(y4), c3], dim=1)  # [B, D + C3, /8]
+        f3 = self.fpn8(self.mfff(f3))  # [B, D, /8]
+        n4 = self.pan16(torch.cat([self.down8(f3), y4], dim=1))  # [B, D, /16]
+        n5 = self.pan32(torch.cat([self.down16(n4), y5], dim=1))  # [B, D, /32]
         return [self.calibrate([f3, n5]), n4, n5]

@@ -8,6 +8,7 @@ Channel order of the 4 slices (part of the conv weight layout): (row 0, col 0), 
 (row 0, col 1), (row 1, col 1). Odd sizes are zero-padded at the bottom/right, so the output has
 the size of a stride-2 conv (ceil), like the backbone's next stage.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,9 @@ def space_to_depth(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
         x = F.pad(x, [0, w % 2, 0, h % 2])
-    return torch.cat([x[..., 0::2, 0::2], x[..., 1::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 1::2]], dim=1)
+    return torch.cat(
+        [x[..., 0::2, 0::2], x[..., 1::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 1::2]], dim=1
+    )
 
 
 class SPDConv(nn.Module):

@@ -10,6 +10,7 @@ the loaded files exactly like a last included file would.
 The config parses and creates registered components; the engine builds the training pieces
 (optimiser, schedulers, EMA, loaders, evaluator) from it (`rtdetrv2_icr/engine/builders.py`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,10 +23,14 @@ __all__ = ["YAMLConfig"]
 
 
 class YAMLConfig:
-    def __init__(self, cfg_path: Optional[str] = None, cfg: Optional[dict] = None, **overrides: Any):
+    def __init__(
+        self, cfg_path: Optional[str] = None, cfg: Optional[dict] = None, **overrides: Any
+    ):
         if (cfg_path is None) == (cfg is None):
             raise ConfigError("YAMLConfig needs exactly one of a config path or a config dict")
-        merged = load_config(cfg_path) if cfg_path is not None else merge_dict({SOURCES_KEY: {}}, cfg)
+        merged = (
+            load_config(cfg_path) if cfg_path is not None else merge_dict({SOURCES_KEY: {}}, cfg)
+        )
         merged.setdefault(SOURCES_KEY, {})
         if overrides:
             merge_dict(merged, overrides, merged[SOURCES_KEY], "override")
@@ -63,7 +68,9 @@ class YAMLConfig:
             if key not in self.yaml_cfg:
                 raise ConfigError(f"config {self.cfg_path or '<dict>'} has no top-level {key!r}")
             spec = self.yaml_cfg[key]
-            self._built[key] = create(spec, self.yaml_cfg, _path=key if isinstance(spec, dict) else None)
+            self._built[key] = create(
+                spec, self.yaml_cfg, _path=key if isinstance(spec, dict) else None
+            )
         return self._built[key]
 
     @property
@@ -80,7 +87,8 @@ class YAMLConfig:
 
     def create_section(self, key: str, **kwargs):
         """Build a ``type:`` section, ignoring keys set to null: a config that switches e.g.
-        ``lr_scheduler.type`` from MultiStepLR to FlatCosineLR nulls the inherited ``milestones``."""
+        ``lr_scheduler.type`` from MultiStepLR to FlatCosineLR nulls the inherited
+        ``milestones``."""
         spec = self.yaml_cfg[key]
         if isinstance(spec, dict):
             spec = {k: v for k, v in spec.items() if v is not None}
@@ -96,10 +104,14 @@ class YAMLConfig:
         section's keys (usually just the dataset paths) merged over it."""
         if name == "test_dataloader":
             if not isinstance(self.yaml_cfg.get("test_dataloader"), dict):
-                raise ConfigError(f"config {self.cfg_path or '<dict>'} has no test_dataloader section "
-                                  f"(add one with the test split's img_folder/ann_file)")
-            return merge_dict(copy.deepcopy(self.yaml_cfg.get("val_dataloader") or {}),
-                              self.yaml_cfg["test_dataloader"])
+                raise ConfigError(
+                    f"config {self.cfg_path or '<dict>'} has no test_dataloader section "
+                    f"(add one with the test split's img_folder/ann_file)"
+                )
+            return merge_dict(
+                copy.deepcopy(self.yaml_cfg.get("val_dataloader") or {}),
+                self.yaml_cfg["test_dataloader"],
+            )
         spec = self.yaml_cfg.get(name)
         if not isinstance(spec, dict):
             raise ConfigError(f"config {self.cfg_path or '<dict>'} has no {name} section")

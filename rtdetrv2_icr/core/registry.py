@@ -12,6 +12,7 @@ carry ``type: ClassName`` (``optimizer: {type: AdamW, lr: 1e-4}``). Classes decl
 
 Unknown keys are errors that name the section and, when known, the file that set them.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -34,8 +35,9 @@ def register(obj: Optional[Callable] = None, *, name: Optional[str] = None, forc
     def _do(o: Callable) -> Callable:
         key = name or o.__name__
         if key in _REGISTRY and _REGISTRY[key] is not o and not force:
-            raise ConfigError(f"component {key!r} is already registered "
-                              f"(by {_REGISTRY[key].__module__})")
+            raise ConfigError(
+                f"component {key!r} is already registered (by {_REGISTRY[key].__module__})"
+            )
         _REGISTRY[key] = o
         return o
 
@@ -44,8 +46,10 @@ def register(obj: Optional[Callable] = None, *, name: Optional[str] = None, forc
 
 def get_registered(name: str) -> Callable:
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown component {name!r}{did_you_mean(name, _REGISTRY)} "
-                          f"(registered: {', '.join(sorted(_REGISTRY))})")
+        raise ConfigError(
+            f"unknown component {name!r}{did_you_mean(name, _REGISTRY)} "
+            f"(registered: {', '.join(sorted(_REGISTRY))})"
+        )
     return _REGISTRY[name]
 
 
@@ -60,8 +64,11 @@ def _signature(fn: Callable):
         params = params[1:]  # self
     accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    required = [p.name for p in params
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty]
+    required = [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+    ]
     return names, required, accepts_var_kw
 
 
@@ -82,7 +89,9 @@ def create(name_or_spec: Any, cfg: Optional[dict] = None, _path: Optional[str] =
     if isinstance(name_or_spec, dict):
         spec = dict(name_or_spec)
         if "type" not in spec:
-            raise ConfigError(f"section {_path or '?'} needs a 'type' key{_where(cfg, _path or '')}")
+            raise ConfigError(
+                f"section {_path or '?'} needs a 'type' key{_where(cfg, _path or '')}"
+            )
         type_name = spec.pop("type")
         path = _path or type_name
     elif isinstance(name_or_spec, str):
@@ -108,8 +117,10 @@ def create(name_or_spec: Any, cfg: Optional[dict] = None, _path: Optional[str] =
     for k, v in spec.items():
         if k not in names and not var_kw:
             raise ConfigError(
-                f"unknown key {k!r} in section {path!r} for {type_name}{_where(cfg, path + '.' + k)}"
-                f"{did_you_mean(k, names)}; accepted keys: {', '.join(names)}")
+                f"unknown key {k!r} in section {path!r} for {type_name}"
+                f"{_where(cfg, path + '.' + k)}"
+                f"{did_you_mean(k, names)}; accepted keys: {', '.join(names)}"
+            )
         args[k] = v
     for k in inject:
         v = args.get(k)
@@ -120,8 +131,9 @@ def create(name_or_spec: Any, cfg: Optional[dict] = None, _path: Optional[str] =
     args.update(kwargs)
     missing = [k for k in required if k not in args]
     if missing:
-        raise ConfigError(f"section {path!r} for {type_name} is missing required key(s) "
-                          f"{', '.join(missing)}")
+        raise ConfigError(
+            f"section {path!r} for {type_name} is missing required key(s) {', '.join(missing)}"
+        )
     try:
         return cls(**args)
     except ConfigError:

@@ -3,6 +3,7 @@
 The data pipeline (pairing annotations, checking links), the ICR penalty and the evaluator's
 relational consistency all read relations through `resolve_relations`.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -10,8 +11,11 @@ from typing import Dict, List, Optional, Sequence
 __all__ = ["resolve_relations", "parent_of_list"]
 
 
-def resolve_relations(relations: Optional[Sequence[dict]], class_names: Optional[Sequence[str]],
-                      where: str = "relations") -> Dict[int, int]:
+def resolve_relations(
+    relations: Optional[Sequence[dict]],
+    class_names: Optional[Sequence[str]],
+    where: str = "relations",
+) -> Dict[int, int]:
     """``[{child: name, parent: name}]`` -> ``{child label: parent label}``.
 
     Names are looked up in ``class_names`` (integer label ids are accepted as they are). A class
@@ -24,23 +28,29 @@ def resolve_relations(relations: Optional[Sequence[dict]], class_names: Optional
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if names is None:
-            raise ValueError(f"{where}: relation {role} {value!r} is a class name but no "
-                             f"class_names are configured (top-level key class_names)")
+            raise ValueError(
+                f"{where}: relation {role} {value!r} is a class name but no "
+                f"class_names are configured (top-level key class_names)"
+            )
         if value not in names:
-            raise ValueError(f"{where}: relation {role} {value!r} is not a class name "
-                             f"(class_names: {names})")
+            raise ValueError(
+                f"{where}: relation {role} {value!r} is not a class name (class_names: {names})"
+            )
         return names.index(value)
 
     for rel in relations or []:
         if not isinstance(rel, dict) or set(rel) != {"child", "parent"}:
-            raise ValueError(f"{where}: each relation must be {{child: NAME, parent: NAME}}, "
-                             f"got {rel!r}")
+            raise ValueError(
+                f"{where}: each relation must be {{child: NAME, parent: NAME}}, got {rel!r}"
+            )
         child, parent = to_id(rel["child"], "child"), to_id(rel["parent"], "parent")
         if child == parent:
             raise ValueError(f"{where}: class {rel['child']!r} cannot be its own parent")
         if out.get(child, parent) != parent:
-            raise ValueError(f"{where}: class {rel['child']!r} has two parent classes (a child "
-                             f"class has at most one parent class)")
+            raise ValueError(
+                f"{where}: class {rel['child']!r} has two parent classes (a child "
+                f"class has at most one parent class)"
+            )
         out[child] = parent
     return out
 

@@ -1,12 +1,13 @@
 """Option sections as dataclasses: defaults written once, unknown keys rejected with a hint.
 
-    @dataclass
-    class ICRSettings:
-        enabled: bool = True
-        lam: float = field(default=2.5, metadata={"key": "lambda"})   # YAML key differs
+@dataclass
+class ICRSettings:
+    enabled: bool = True
+    lam: float = field(default=2.5, metadata={"key": "lambda"})   # YAML key differs
 
-    s = settings_from(ICRSettings, {"lambda": 2.0}, owner="RTDETRCriterionv2.icr")
+s = settings_from(ICRSettings, {"lambda": 2.0}, owner="RTDETRCriterionv2.icr")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,8 @@ def settings_from(cls: Type[T], cfg: Optional[Dict[str, Any]], owner: str, **def
     values = dict(defaults)
     for k, v in (cfg or {}).items():
         if k not in keys:
-            raise ValueError(f"unknown key {k!r} in {owner}{did_you_mean(k, keys)} "
-                             f"(accepted: {', '.join(keys)})")
+            raise ValueError(
+                f"unknown key {k!r} in {owner}{did_you_mean(k, keys)} (accepted: {', '.join(keys)})"
+            )
         values[keys[k]] = v
     return cls(**values)

@@ -3,6 +3,7 @@
 Merged configs remember which file set each leaf key (``cfg['__sources__']``, a dict from
 dotted path to file), so that errors about a key can name the file it came from.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,17 +27,24 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"""),
-    list("-+0123456789."))
+    list("-+0123456789."),
+)
 
 
 def yaml_load(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Loader)
 
+
 SOURCES_KEY = "__sources__"
 
 
-def merge_dict(base: dict, other: dict, sources: Optional[dict] = None, origin: Optional[str] = None,
-               prefix: str = "") -> dict:
+def merge_dict(
+    base: dict,
+    other: dict,
+    sources: Optional[dict] = None,
+    origin: Optional[str] = None,
+    prefix: str = "",
+) -> dict:
     """Merge ``other`` into ``base`` in place: nested dicts merge, everything else is replaced."""
     for k, v in other.items():
         if k in (INCLUDE_KEY, SOURCES_KEY):
@@ -112,7 +120,7 @@ def _dotted_to_dict(key: str, value: Any) -> dict:
 
 
 def parse_cli(items: Optional[Iterable[str]]) -> dict:
-    """Turn ``['a.b=3', 'c=[1, 2]']`` into ``{'a': {'b': 3}, 'c': [1, 2]}`` (values parsed as YAML)."""
+    """Turn ``['a.b=3', 'c=[1, 2]']`` into ``{'a': {'b': 3}, 'c': [1, 2]}`` (values are YAML)."""
     cfg: Dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:

@@ -4,6 +4,7 @@ The config only parses files and creates registered components; this module know
 engine's pieces fit together (parameter groups, a scheduler wrapped by its warm-up, loaders
 sharded over the processes of a run, an evaluator on a dataset's ground truth).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -16,8 +17,16 @@ from ..data.collate import batch_image_collate_fn
 from . import dist
 from .optim import build_param_groups
 
-__all__ = ["build_optimizer", "build_lr_scheduler", "build_lr_warmup", "build_ema", "amp_dtype",
-           "build_scaler", "build_dataloader", "build_evaluator"]
+__all__ = [
+    "build_optimizer",
+    "build_lr_scheduler",
+    "build_lr_warmup",
+    "build_ema",
+    "amp_dtype",
+    "build_scaler",
+    "build_dataloader",
+    "build_evaluator",
+]
 
 
 def _cfg_name(cfg) -> str:
@@ -55,8 +64,13 @@ def build_ema(cfg, model: torch.nn.Module) -> Optional[Any]:
     return create("ModelEMA", cfg.yaml_cfg, model=model)
 
 
-_AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_AMP_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
@@ -96,8 +110,9 @@ def build_dataloader(cfg, name: str, shuffle: Optional[bool] = None) -> tud.Data
     if "total_batch_size" in spec:
         total = int(spec.pop("total_batch_size"))
         if total % world:
-            raise ConfigError(f"{name}.total_batch_size={total} is not divisible by the "
-                              f"world size {world}")
+            raise ConfigError(
+                f"{name}.total_batch_size={total} is not divisible by the world size {world}"
+            )
         batch_size = total // world
     else:
         batch_size = int(spec.pop("batch_size"))
@@ -107,17 +122,34 @@ def build_dataloader(cfg, name: str, shuffle: Optional[bool] = None) -> tud.Data
         raise ConfigError(f"{name} has no dataset")
     dataset = cfg.create_spec(spec.pop("dataset"), f"{name}.dataset")
     collate = spec.pop("collate_fn", None)
-    collate = batch_image_collate_fn if collate is None else \
-        cfg.create_spec(collate, f"{name}.collate_fn")
-    sampler = tud.DistributedSampler(dataset, num_replicas=world, rank=dist.get_rank(),
-                                     shuffle=do_shuffle, seed=int(cfg.get("seed") or 0))
+    collate = (
+        batch_image_collate_fn
+        if collate is None
+        else cfg.create_spec(collate, f"{name}.collate_fn")
+    )
+    sampler = tud.DistributedSampler(
+        dataset,
+        num_replicas=world,
+        rank=dist.get_rank(),
+        shuffle=do_shuffle,
+        seed=int(cfg.get("seed") or 0),
+    )
     try:
-        loader = tud.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                collate_fn=collate, **spec)
+        loader = tud.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **spec
+        )
     except TypeError as e:
         raise ConfigError(f"{name}: {e}") from e
     loader.shuffle = do_shuffle  # type: ignore[attr-defined]
     return loader
+
+
+def set_epoch(loader: tud.DataLoader, epoch: int) -> None:
+    """Tell a loader's sampler (shuffling), dataset (transform policy) and collate function
+    (multi-scale policy) the epoch that starts."""
+    for part in (loader.sampler, loader.dataset, loader.collate_fn):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
 
 
 def build_evaluator(cfg, dataset):
@@ -127,7 +159,12 @@ def build_evaluator(cfg, dataset):
     while isinstance(base, tud.Subset):
         base = base.dataset
     if not hasattr(base, "coco"):
-        raise ConfigError(f"{type(base).__name__} exposes no COCO ground truth (.coco) to "
-                          f"evaluate against")
-    return cfg.create_spec(cfg.get("evaluator") or "CocoEvaluator", "evaluator",
-                           coco_gt=base.coco, label_to_category=getattr(base, "label_to_category", None))
+        raise ConfigError(
+            f"{type(base).__name__} exposes no COCO ground truth (.coco) to evaluate against"
+        )
+    return cfg.create_spec(
+        cfg.get("evaluator") or "CocoEvaluator",
+        "evaluator",
+        coco_gt=base.coco,
+        label_to_category=getattr(base, "label_to_category", None),
+    )

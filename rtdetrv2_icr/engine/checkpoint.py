@@ -7,6 +7,7 @@
   `torch.load(path, weights_only=True)` opens every checkpoint we write.
 * RNG states of python, numpy, torch and CUDA are captured as plain values/tensors.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,8 +20,16 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "duplicate_atomic", "load_checkpoint", "to_plain", "rng_state", "set_rng_state",
-           "match_state_dict", "extract_model_state"]
+__all__ = [
+    "save_atomic",
+    "duplicate_atomic",
+    "load_checkpoint",
+    "to_plain",
+    "rng_state",
+    "set_rng_state",
+    "match_state_dict",
+    "extract_model_state",
+]
 
 _SCALARS = (bool, int, float, str, type(None), bytes)
 
@@ -65,7 +74,7 @@ def save_atomic(obj: Dict[str, Any], path: str) -> None:
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -77,6 +86,7 @@ def duplicate_atomic(src: str, dst: str) -> None:
     """Make `dst` an atomic copy of the finished file `src`: a hard link where the filesystem
     allows (no second write; a later replacement of `src` does not touch `dst`), else a copy."""
     import shutil
+
     d = os.path.dirname(os.path.abspath(dst))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=d)
     os.close(fd)
@@ -100,15 +110,19 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
         # dict subclass, safe to allow; nothing else beyond torch's weights-only set is.
         with torch.serialization.safe_globals([collections.Counter]):
             if str(path).startswith(("http://", "https://")):
-                return torch.hub.load_state_dict_from_url(str(path), map_location=map_location, weights_only=True)
+                return torch.hub.load_state_dict_from_url(
+                    str(path), map_location=map_location, weights_only=True
+                )
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"checkpoint not found: {path}")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise RuntimeError(f"cannot load checkpoint {path} with weights_only=True "
-                           f"(it must hold only tensors and plain values): {e}") from e
+        raise RuntimeError(
+            f"cannot load checkpoint {path} with weights_only=True "
+            f"(it must hold only tensors and plain values): {e}"
+        ) from e
 
 
 # ---- RNG ----------------------------------------------------------------------------------
@@ -116,10 +130,13 @@ def rng_state() -> Dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]),
-                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -135,9 +152,14 @@ def _as_python_random_state(s: Any) -> Tuple:
 def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(_as_python_random_state(state["python"]))
     n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": int(n["pos"])},
-                         "has_gauss": int(n["has_gauss"]), "gauss": float(n["gauss"])})
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": int(n["pos"])},
+            "has_gauss": int(n["has_gauss"]),
+            "gauss": float(n["gauss"]),
+        }
+    )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
@@ -155,12 +177,15 @@ def extract_model_state(ckpt: Dict[str, Any], prefer_ema: bool = True) -> Dict[s
         return ckpt["model"]
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt
-    raise KeyError("checkpoint holds neither 'ema.module', 'model' nor a bare state_dict; "
-                   f"top-level keys: {sorted(ckpt)[:20]}")
+    raise KeyError(
+        "checkpoint holds neither 'ema.module', 'model' nor a bare state_dict; "
+        f"top-level keys: {sorted(ckpt)[:20]}"
+    )
 
 
-def match_state_dict(own: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor]
-                     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, list]]:
+def match_state_dict(
+    own: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor]
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, list]]:
     """Entries of `other` whose key and shape exist in `own`, plus what was skipped:
     `missing` (ours, absent there), `mismatched` (shape differs), `unexpected` (theirs only)."""
     matched, missing, mismatched = {}, [], []
@@ -185,30 +210,6 @@ def describe_skipped(info: Dict[str, list], limit: Optional[int] = None) -> str:
     return "\n".join(lines)
 
 
-# ---- training state ------------------------------------------------------------------------
-def restore_training_state(ckpt: Dict[str, Any], model, ema, optimizer, lr_scheduler, lr_warmup,
-                           scaler, log, path: str) -> Dict[str, Any]:
-    """Load a checkpoint written by the trainer into its parts (each may be None) and return the
-    loop state ``{last_epoch, global_step, best, rng}`` it recorded."""
-    from .optim import load_scheduler_state
-    model.load_state_dict(ckpt["model"])
-    if ema is not None:
-        if "ema" in ckpt:
-            ema.load_state_dict(ckpt["ema"])
-        else:
-            log.warning(f"{path} has no EMA state; EMA restarts from the model weights")
-            ema.module.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for part, key, load in ((lr_scheduler, "lr_scheduler", load_scheduler_state),
-                            (lr_warmup, "lr_warmup_scheduler", lambda p, s: p.load_state_dict(s)),
-                            (scaler, "scaler", lambda p, s: p.load_state_dict(s))):
-        if part is not None and key in ckpt:
-            load(part, ckpt[key])
-    return {"last_epoch": int(ckpt.get("last_epoch", -1)),
-            "global_step": int(ckpt.get("global_step", 0)),
-            "best": ckpt.get("best"), "rng": ckpt.get("rng") or []}
-
-
 def load_eval_weights(path: str, model, ema=None) -> None:
     """Model (and EMA) weights of a checkpoint, strictly: for evaluating a trained model."""
     ckpt = load_checkpoint(path)
@@ -220,8 +221,11 @@ def load_eval_weights(path: str, model, ema=None) -> None:
 def load_matching_weights(path: str, model) -> str:
     """Load every tensor of a checkpoint whose name and shape match ``model`` (EMA weights
     preferred); returns a description of what was loaded and skipped."""
-    matched, info = match_state_dict(model.state_dict(),
-                                     extract_model_state(load_checkpoint(path), prefer_ema=True))
+    matched, info = match_state_dict(
+        model.state_dict(), extract_model_state(load_checkpoint(path), prefer_ema=True)
+    )
     model.load_state_dict(matched, strict=False)
-    return (f"loaded {len(matched)}/{len(model.state_dict())} tensors; skipped:\n"
-            + describe_skipped(info))
+    return (
+        f"loaded {len(matched)}/{len(model.state_dict())} tensors; skipped:\n"
+        + describe_skipped(info)
+    )

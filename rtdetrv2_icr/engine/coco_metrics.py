@@ -6,6 +6,7 @@ layout); `evaluator.py` collects detections during inference and calls these.
 Backends: `faster` (faster-coco-eval, C++ accumulation) and `pycocotools`; both give the same
 numbers (checked in tests/test_engine_eval.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,14 +22,34 @@ import torch
 
 from ..ops.boxes import containment
 
-__all__ = ["COCO_STAT_NAMES", "run_coco_eval", "per_class_metrics", "pr_curves",
-           "relational_consistency", "report_to_markdown", "write_report", "BACKENDS"]
+__all__ = [
+    "COCO_STAT_NAMES",
+    "run_coco_eval",
+    "per_class_metrics",
+    "pr_curves",
+    "relational_consistency",
+    "report_to_markdown",
+    "write_report",
+    "BACKENDS",
+]
 
 BACKENDS = ("faster", "pycocotools")
 
 # The 12 numbers of COCOeval.summarize(), in its order.
-COCO_STAT_NAMES = ["AP50:95", "AP50", "AP75", "AP_s", "AP_m", "AP_l",
-                   "AR1", "AR10", "AR100", "AR_s", "AR_m", "AR_l"]
+COCO_STAT_NAMES = [
+    "AP50:95",
+    "AP50",
+    "AP75",
+    "AP_s",
+    "AP_m",
+    "AP_l",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_s",
+    "AR_m",
+    "AR_l",
+]
 
 
 def _clean(v: float) -> Optional[float]:
@@ -37,8 +58,12 @@ def _clean(v: float) -> Optional[float]:
     return None if (v < 0 or math.isnan(v)) else v
 
 
-def run_coco_eval(gt: Dict[str, Any], dets: List[Dict[str, Any]], backend: str = "faster",
-                  img_ids: Optional[Sequence[int]] = None):
+def run_coco_eval(
+    gt: Dict[str, Any],
+    dets: List[Dict[str, Any]],
+    backend: str = "faster",
+    img_ids: Optional[Sequence[int]] = None,
+):
     """Evaluate bbox detections; returns the backend's COCOeval object after summarize().
 
     `img_ids` restricts evaluation to those images (default: all images of `gt`). An empty
@@ -55,17 +80,26 @@ def run_coco_eval(gt: Dict[str, Any], dets: List[Dict[str, Any]], backend: str =
         # is a lone false positive: it leaves every AP/AR at 0 (or -1 where there is no GT).
         some_img = gt["images"][0]["id"] if gt["images"] else 0
         some_cat = gt["categories"][0]["id"]
-        dets = [{"image_id": some_img, "category_id": some_cat, "bbox": [-1e4, -1e4, 1.0, 1.0], "score": 1e-9}]
+        dets = [
+            {
+                "image_id": some_img,
+                "category_id": some_cat,
+                "bbox": [-1e4, -1e4, 1.0, 1.0],
+                "score": 1e-9,
+            }
+        ]
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
         if backend == "faster":
             from faster_coco_eval import COCO, COCOeval_faster
+
             coco_gt = COCO(gt)
             coco_dt = coco_gt.loadRes(dets)
             ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
         else:
             from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
+
             coco_gt = COCO()
             coco_gt.dataset = gt
             coco_gt.createIndex()
@@ -87,8 +121,8 @@ def _mean_valid(a: np.ndarray) -> float:
 def per_class_metrics(ev, cat_names: Dict[int, str]) -> Dict[str, Dict[str, Optional[float]]]:
     """AP50, AP50:95, AP75, AP_s, AP_m, AP_l and AR(@100) for each category."""
     p = ev.params
-    prec = np.asarray(ev.eval["precision"])   # [T iou, R recall, K cat, A area, M maxdets]
-    rec = np.asarray(ev.eval["recall"])       # [T, K, A, M]
+    prec = np.asarray(ev.eval["precision"])  # [T iou, R recall, K cat, A area, M maxdets]
+    rec = np.asarray(ev.eval["recall"])  # [T, K, A, M]
     t50 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.5)))
     t75 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.75)))
     m = len(p.maxDets) - 1  # the largest maxDets (100)
@@ -120,15 +154,23 @@ def pr_curves(ev, cat_names: Dict[int, str]) -> Dict[str, Tuple[np.ndarray, np.n
     return curves
 
 
-def relational_consistency(dets_by_image: Dict[int, Dict[str, np.ndarray]], relations: Sequence[Dict[str, Any]],
-                           score_thr: float = 0.5, containment_thr: float = 0.9) -> Dict[str, Any]:
+def relational_consistency(
+    dets_by_image: Dict[int, Dict[str, np.ndarray]],
+    relations: Sequence[Dict[str, Any]],
+    score_thr: float = 0.5,
+    containment_thr: float = 0.9,
+) -> Dict[str, Any]:
     """Share of predicted children (score >= thr) lying >= `containment_thr` inside some
     predicted parent (score >= thr) of their relation, per relation and over all relations.
 
     `dets_by_image[img] = {'boxes': [N,4] xyxy, 'scores': [N], 'labels': [N] contiguous}`;
     `relations` items carry `child`, `parent` (names) and `child_label`, `parent_label`.
     """
-    out: Dict[str, Any] = {"score_thr": score_thr, "containment_thr": containment_thr, "relations": {}}
+    out: Dict[str, Any] = {
+        "score_thr": score_thr,
+        "containment_thr": containment_thr,
+        "relations": {},
+    }
     tot_children = tot_ok = 0
     for rel in relations:
         n_children = n_ok = 0
@@ -138,12 +180,16 @@ def relational_consistency(dets_by_image: Dict[int, Dict[str, np.ndarray]], rela
             parents = d["boxes"][keep & (d["labels"] == rel["parent_label"])]
             n_children += len(children)
             if len(parents) and len(children):
-                inside = containment(torch.as_tensor(children, dtype=torch.float64)[:, None],
-                                     torch.as_tensor(parents, dtype=torch.float64)[None])  # [C, P]
+                inside = containment(
+                    torch.as_tensor(children, dtype=torch.float64)[:, None],
+                    torch.as_tensor(parents, dtype=torch.float64)[None],
+                )  # [C, P]
                 n_ok += int((inside >= containment_thr).any(1).sum())
         out["relations"][f"{rel['child']}->{rel['parent']}"] = {
-            "children": n_children, "consistent": n_ok,
-            "share": (n_ok / n_children) if n_children else None}
+            "children": n_children,
+            "consistent": n_ok,
+            "share": (n_ok / n_children) if n_children else None,
+        }
         tot_children += n_children
         tot_ok += n_ok
     out["share"] = (tot_ok / tot_children) if tot_children else None
@@ -156,20 +202,34 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def report_to_markdown(report: Dict[str, Any]) -> str:
-    lines = [f"### COCO bbox evaluation: {report.get('split', '?')} split "
-             f"({report.get('num_images', '?')} images, backend {report.get('backend', '?')})", ""]
+    lines = [
+        f"### COCO bbox evaluation: {report.get('split', '?')} split "
+        f"({report.get('num_images', '?')} images, backend {report.get('backend', '?')})",
+        "",
+    ]
     names = COCO_STAT_NAMES
     lines.append("| " + " | ".join(names) + " |")
     lines.append("|" + "---|" * len(names))
     lines.append("| " + " | ".join(_fmt(report["coco"].get(n)) for n in names) + " |")
     lines += ["", "| class | AP50 | AP50:95 | AP_s | AP_m | AR |", "|---|---|---|---|---|---|"]
     for cname, m in report["per_class"].items():
-        lines.append(f"| {cname} | " + " | ".join(_fmt(m.get(k)) for k in ("AP50", "AP50:95", "AP_s", "AP_m", "AR")) + " |")
+        lines.append(
+            f"| {cname} | "
+            + " | ".join(_fmt(m.get(k)) for k in ("AP50", "AP50:95", "AP_s", "AP_m", "AR"))
+            + " |"
+        )
     rc = report.get("relational_consistency")
     if rc and rc.get("relations"):
-        lines += ["", f"Relational consistency (score >= {rc['score_thr']}, inside >= {rc['containment_thr']:.0%}):"]
+        lines += [
+            "",
+            f"Relational consistency (score >= {rc['score_thr']}, "
+            f"inside >= {rc['containment_thr']:.0%}):",
+        ]
         for key, r in rc["relations"].items():
-            lines.append(f"- {key}: {_fmt(r['share'])} ({r['consistent']}/{r['children']} predicted children)")
+            lines.append(
+                f"- {key}: {_fmt(r['share'])} "
+                f"({r['consistent']}/{r['children']} predicted children)"
+            )
     return "\n".join(lines) + "\n"
 
 

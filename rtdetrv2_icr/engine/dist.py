@@ -4,6 +4,7 @@
 group (`nccl` for CUDA devices, `gloo` for CPU). Everything else here degrades to a no-op in a
 single process, so callers never branch on "am I distributed".
 """
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,24 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-__all__ = ["init_distributed", "cleanup", "is_dist", "get_rank", "get_world_size", "get_local_rank",
-           "is_main_process", "barrier", "all_gather_object", "broadcast_object", "reduce_dict",
-           "all_reduce_sum", "wrap_model", "unwrap_model", "seed_everything", "pick_device"]
+__all__ = [
+    "init_distributed",
+    "cleanup",
+    "is_dist",
+    "get_rank",
+    "get_world_size",
+    "get_local_rank",
+    "is_main_process",
+    "barrier",
+    "all_gather_object",
+    "broadcast_object",
+    "reduce_dict",
+    "all_reduce_sum",
+    "wrap_model",
+    "unwrap_model",
+    "seed_everything",
+    "pick_device",
+]
 
 
 def is_dist() -> bool:
@@ -64,8 +80,9 @@ def init_distributed(device: Optional[str] = None, timeout_min: float = 30.0) ->
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if launched and not is_dist():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs: Dict[str, Any] = dict(backend=backend, init_method="env://",
-                                      timeout=timedelta(minutes=timeout_min))
+        kwargs: Dict[str, Any] = dict(
+            backend=backend, init_method="env://", timeout=timedelta(minutes=timeout_min)
+        )
         if dev.type == "cuda":
             kwargs["device_id"] = dev
         tdist.init_process_group(**kwargs)
@@ -127,16 +144,24 @@ def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[s
     return dict(zip(keys, stacked))
 
 
-def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False,
-               find_unused_parameters: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module,
+    device: torch.device,
+    sync_bn: bool = False,
+    find_unused_parameters: bool = False,
+) -> nn.Module:
     """DDP-wrap `model` when more than one process trains; otherwise return it unchanged."""
     if get_world_size() == 1:
         return model
     if sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernels; plain BN there
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None,
-                                               find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
+        find_unused_parameters=find_unused_parameters,
+    )
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

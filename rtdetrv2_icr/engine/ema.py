@@ -5,6 +5,7 @@ decay), so the average follows the raw weights closely early on and smooths more
 same ramp as upstream RT-DETRv2's ModelEMA, whose state layout ({module, updates}) we keep so
 official checkpoints' `ema` entries load.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,13 +23,15 @@ __all__ = ["ModelEMA"]
 
 @register()
 class ModelEMA:
-    def __init__(self, model: nn.Module, decay: float = 0.9999, warmups: int = 2000, start: int = 0):
+    def __init__(
+        self, model: nn.Module, decay: float = 0.9999, warmups: int = 2000, start: int = 0
+    ):
         self.module = copy.deepcopy(unwrap_model(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = float(decay)
         self.warmups = int(warmups)
-        self.start = int(start)      # optimiser steps before averaging begins (copy until then)
+        self.start = int(start)  # optimiser steps before averaging begins (copy until then)
         self.updates = 0
 
     def current_decay(self) -> float:
@@ -51,7 +54,7 @@ class ModelEMA:
             else:
                 avg.copy_(src)
 
-    def to(self, *args, **kwargs) -> "ModelEMA":
+    def to(self, *args, **kwargs) -> ModelEMA:
         self.module.to(*args, **kwargs)
         return self
 
@@ -63,4 +66,7 @@ class ModelEMA:
         self.updates = int(state.get("updates", 0))
 
     def __repr__(self) -> str:
-        return f"ModelEMA(decay={self.decay}, warmups={self.warmups}, start={self.start}, updates={self.updates})"
+        return (
+            f"ModelEMA(decay={self.decay}, warmups={self.warmups}, start={self.start}, "
+            f"updates={self.updates})"
+        )

@@ -2,16 +2,19 @@
 
 Each rank feeds the post-processed detections of its images (`update`); `summarize` gathers
 them on every rank, keeps ONE copy per image id (a padded DistributedSampler repeats images at
-the end of the last batch), evaluates with the chosen backend and returns the report of docs/evaluation.md:
+the end of the last batch), evaluates with the chosen backend and returns the report of
+docs/evaluation.md:
 
     report = {'split', 'backend', 'num_images', 'num_detections', 'duplicates_dropped',
-              'coco': {12 COCO numbers}, 'per_class': {name: {AP50, AP50:95, AP75, AP_s, AP_m, AP_l, AR}},
+              'coco': {12 COCO numbers}, 'per_class': {name: {AP50, AP50:95, AP75, AP_s, AP_m, AP_l,
+              AR}},
               'relational_consistency': {...}}
 
 Config section (upstream's `iou_types` kept; the rest ours):
     evaluator: {type: CocoEvaluator, iou_types: [bbox], backend: faster,
                 consistency_score: 0.5, consistency_containment: 0.9}
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -22,8 +25,15 @@ import torch
 from ..core.registry import ConfigError, register
 from ..core.relations import resolve_relations
 from . import dist
-from .coco_metrics import (COCO_STAT_NAMES, BACKENDS, per_class_metrics, pr_curves, relational_consistency,
-                           run_coco_eval, _clean)
+from .coco_metrics import (
+    BACKENDS,
+    COCO_STAT_NAMES,
+    _clean,
+    per_class_metrics,
+    pr_curves,
+    relational_consistency,
+    run_coco_eval,
+)
 
 __all__ = ["CocoEvaluator"]
 
@@ -32,13 +42,22 @@ __all__ = ["CocoEvaluator"]
 class CocoEvaluator:
     __share__ = ["class_names", "relations", "remap_mscoco_category"]
 
-    def __init__(self, iou_types: Sequence[str] = ("bbox",), backend: str = "faster",
-                 consistency_score: float = 0.5, consistency_containment: float = 0.9,
-                 class_names: Optional[Sequence[str]] = None, relations: Optional[Sequence[dict]] = None,
-                 remap_mscoco_category: bool = False, coco_gt: Any = None,
-                 label_to_category: Optional[Dict[int, int]] = None):
+    def __init__(
+        self,
+        iou_types: Sequence[str] = ("bbox",),
+        backend: str = "faster",
+        consistency_score: float = 0.5,
+        consistency_containment: float = 0.9,
+        class_names: Optional[Sequence[str]] = None,
+        relations: Optional[Sequence[dict]] = None,
+        remap_mscoco_category: bool = False,
+        coco_gt: Any = None,
+        label_to_category: Optional[Dict[int, int]] = None,
+    ):
         if list(iou_types) != ["bbox"]:
-            raise ConfigError(f"evaluator.iou_types: only ['bbox'] is supported, got {list(iou_types)}")
+            raise ConfigError(
+                f"evaluator.iou_types: only ['bbox'] is supported, got {list(iou_types)}"
+            )
         if backend not in BACKENDS:
             raise ConfigError(f"evaluator.backend must be one of {BACKENDS}, got {backend!r}")
         self.iou_types = list(iou_types)
@@ -55,16 +74,22 @@ class CocoEvaluator:
         self.reset()
 
     # ---- set-up ----------------------------------------------------------------------------
-    def set_ground_truth(self, coco_gt: Any, label_to_category: Optional[Dict[int, int]] = None) -> None:
-        """`coco_gt`: a COCO json dict, a pycocotools/faster-coco-eval COCO object or a json path."""
+    def set_ground_truth(
+        self, coco_gt: Any, label_to_category: Optional[Dict[int, int]] = None
+    ) -> None:
+        """`coco_gt`: a COCO json dict, a pycocotools / faster-coco-eval COCO object or a json
+        path."""
         if isinstance(coco_gt, str):
             import json
+
             with open(coco_gt) as f:
                 coco_gt = json.load(f)
         if hasattr(coco_gt, "dataset"):
             coco_gt = coco_gt.dataset
         if not isinstance(coco_gt, dict) or "images" not in coco_gt or "categories" not in coco_gt:
-            raise ConfigError("CocoEvaluator needs COCO ground truth with 'images' and 'categories'")
+            raise ConfigError(
+                "CocoEvaluator needs COCO ground truth with 'images' and 'categories'"
+            )
         self.gt = coco_gt
         cats = sorted(coco_gt["categories"], key=lambda c: c["id"])
         if label_to_category is None:
@@ -73,14 +98,31 @@ class CocoEvaluator:
         self.category_to_label = {v: k for k, v in self.label_to_category.items()}
         cat_name = {int(c["id"]): c["name"] for c in cats}
         if self.class_names is None:
-            self.class_names = [cat_name.get(self.label_to_category[i], str(i))
-                                for i in sorted(self.label_to_category)]
+            self.class_names = [
+                cat_name.get(self.label_to_category[i], str(i))
+                for i in sorted(self.label_to_category)
+            ]
         # report names: the config's class names through the label mapping
-        self.category_names = {cat: (self.class_names[lab] if lab < len(self.class_names) else cat_name.get(cat, str(cat)))
-                               for lab, cat in self.label_to_category.items()}
-        resolved = resolve_relations(self.relations_cfg, self.class_names, "CocoEvaluator relations")
-        self.relations = [{"child": self.class_names[c], "parent": self.class_names[p],
-                           "child_label": c, "parent_label": p} for c, p in resolved.items()]
+        self.category_names = {
+            cat: (
+                self.class_names[lab]
+                if lab < len(self.class_names)
+                else cat_name.get(cat, str(cat))
+            )
+            for lab, cat in self.label_to_category.items()
+        }
+        resolved = resolve_relations(
+            self.relations_cfg, self.class_names, "CocoEvaluator relations"
+        )
+        self.relations = [
+            {
+                "child": self.class_names[c],
+                "parent": self.class_names[p],
+                "child_label": c,
+                "parent_label": p,
+            }
+            for c, p in resolved.items()
+        ]
 
     def reset(self) -> None:
         self._dets: Dict[int, Dict[str, np.ndarray]] = {}
@@ -102,13 +144,16 @@ class CocoEvaluator:
         return torch.tensor([table.get(int(c), -1) for c in labels.tolist()], dtype=torch.long)
 
     def update(self, results: Dict[int, Dict[str, torch.Tensor]]) -> None:
-        """`results[image_id] = {'boxes': [N,4] xyxy in original pixels, 'scores': [N], 'labels': [N]}`."""
+        """`results[image_id] = {'boxes': [N,4] xyxy in original pixels, 'scores': [N],
+        'labels': [N]}`."""
         for img_id, r in results.items():
             img_id = int(img_id)
             labels = self.contiguous_labels(r["labels"].detach().cpu()).numpy().astype(np.int64)
-            entry = {"boxes": r["boxes"].detach().float().cpu().numpy().reshape(-1, 4),
-                     "scores": r["scores"].detach().float().cpu().numpy().reshape(-1),
-                     "labels": labels.reshape(-1)}
+            entry = {
+                "boxes": r["boxes"].detach().float().cpu().numpy().reshape(-1, 4),
+                "scores": r["scores"].detach().float().cpu().numpy().reshape(-1),
+                "labels": labels.reshape(-1),
+            }
             if img_id in self._dets:
                 self._local_repeats += 1
                 continue
@@ -138,15 +183,23 @@ class CocoEvaluator:
                 if cat is None:
                     continue  # a class the dataset does not have
                 x0, y0, x1, y1 = (float(v) for v in box)
-                out.append({"image_id": img_id, "category_id": cat,
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+                out.append(
+                    {
+                        "image_id": img_id,
+                        "category_id": cat,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(score),
+                    }
+                )
         return out
 
     # ---- evaluation ------------------------------------------------------------------------
     def summarize(self, split: str = "val", backend: Optional[str] = None) -> Dict[str, Any]:
         """Gather, evaluate and return the report (identical on every rank)."""
         if not self.gt:
-            raise ConfigError("CocoEvaluator has no ground truth (set_ground_truth was never called)")
+            raise ConfigError(
+                "CocoEvaluator has no ground truth (set_ground_truth was never called)"
+            )
         backend = backend or self.backend
         merged = self.synchronize()
         report: Optional[Dict[str, Any]] = None
@@ -155,16 +208,22 @@ class CocoEvaluator:
             gt_ids = {int(im["id"]) for im in self.gt["images"]}
             unknown = [i for i in self.image_ids if i not in gt_ids]
             if unknown:
-                raise ValueError(f"detections for image ids absent from the ground truth: {unknown[:10]}")
+                raise ValueError(
+                    f"detections for image ids absent from the ground truth: {unknown[:10]}"
+                )
             ev = run_coco_eval(self.gt, dets, backend, img_ids=self.image_ids or None)
             self.coco_eval = ev
             report = {
-                "split": split, "backend": backend, "num_images": len(self.image_ids),
-                "num_detections": len(dets), "duplicates_dropped": self.duplicates_dropped,
+                "split": split,
+                "backend": backend,
+                "num_images": len(self.image_ids),
+                "num_detections": len(dets),
+                "duplicates_dropped": self.duplicates_dropped,
                 "coco": {n: _clean(v) for n, v in zip(COCO_STAT_NAMES, list(ev.stats)[:12])},
                 "per_class": per_class_metrics(ev, self.category_names),
                 "relational_consistency": relational_consistency(
-                    merged, self.relations, self.consistency_score, self.consistency_containment),
+                    merged, self.relations, self.consistency_score, self.consistency_containment
+                ),
             }
             self.curves = pr_curves(ev, self.category_names)
         return dist.broadcast_object(report)
@@ -175,11 +234,14 @@ class CocoEvaluator:
 
 
 def metric_value(report: Dict[str, Any], name: str) -> Optional[float]:
-    """A metric by name: a COCO number ('AP50:95', 'AP50', ...) or a per-class one ('vehicle/AP50')."""
+    """A metric by name: a COCO number ('AP50:95', 'AP50', ...) or a per-class one
+    ('vehicle/AP50')."""
     if "/" in name:
         cls, m = name.split("/", 1)
         return report["per_class"].get(cls, {}).get(m)
     if name not in report["coco"]:
-        raise KeyError(f"unknown metric {name!r}; COCO metrics are {COCO_STAT_NAMES} "
-                       f"or '<class>/<AP50|AP50:95|AP75|AP_s|AP_m|AP_l|AR>'")
+        raise KeyError(
+            f"unknown metric {name!r}; COCO metrics are {COCO_STAT_NAMES} "
+            f"or '<class>/<AP50|AP50:95|AP75|AP_s|AP_m|AP_l|AR>'"
+        )
     return report["coco"][name]

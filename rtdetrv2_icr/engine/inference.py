@@ -2,6 +2,7 @@
 
 Used by the trainer's evaluation and by tools/eval.py (through the trainer).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, List
@@ -15,8 +16,13 @@ __all__ = ["targets_to", "float_outputs", "run_inference"]
 
 def targets_to(x: Any, device: torch.device) -> Any:
     """Targets (list of dicts of tensors) moved to ``device``."""
-    return [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-             for k, v in t.items()} for t in x]
+    return [
+        {
+            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in t.items()
+        }
+        for t in x
+    ]
 
 
 def float_outputs(x: Any) -> Any:
@@ -31,8 +37,15 @@ def float_outputs(x: Any) -> Any:
 
 
 @torch.no_grad()
-def run_inference(module, postprocessor, loader, evaluator, device: torch.device,
-                  autocast: Callable, n_vis: int = 0) -> List[Any]:
+def run_inference(
+    module,
+    postprocessor,
+    loader,
+    evaluator,
+    device: torch.device,
+    autocast: Callable,
+    n_vis: int = 0,
+) -> List[Any]:
     """Feed ``evaluator.update`` with the post-processed detections of every batch (boxes in
     original-image pixels, keyed by image id); returns up to ``n_vis`` (image, gt, pred) items."""
     vis: List[Any] = []

@@ -4,6 +4,7 @@ A console line looks like
     Epoch [2/24] [ 40/125]  eta 0:03:12  lr 1.00e-04  loss 12.31 (12.90)  loss_vfl 0.61 (0.66) ...
     time 0.524  data 0.012  mem 812MB
 """
+
 from __future__ import annotations
 
 import datetime
@@ -11,7 +12,6 @@ import logging
 import os
 import resource
 import sys
-import time
 from collections import defaultdict, deque
 from typing import Dict, Iterable, Optional
 
@@ -98,6 +98,24 @@ class MeterBank:
             return "?"
         return str(datetime.timedelta(seconds=int(per_iter * max(total - done, 0))))
 
+    def progress(
+        self,
+        epoch: int,
+        epochs: int,
+        i: int,
+        n_iter: int,
+        lr: float,
+        device: Optional[torch.device] = None,
+    ) -> str:
+        """The console line of iteration ``i`` of ``n_iter`` in ``epoch``."""
+        keys = ["loss"] + sorted(k for k in self.meters if k.startswith("loss_"))
+        return (
+            f"Epoch [{epoch}/{epochs}] [{i:>{len(str(n_iter))}}/{n_iter}]  "
+            f"eta {self.eta(i + 1, n_iter * (epochs - epoch))}  lr {lr:.3e}  "
+            f"{self.line(keys)}  time {self.meters['time'].avg:.3f}  "
+            f"data {self.meters['data'].avg:.3f}  mem {memory_mb(device):.0f}MB"
+        )
+
     def line(self, keys: Iterable[str]) -> str:
         parts = []
         for k in keys:
@@ -115,6 +133,7 @@ class TBWriter:
         self.log_dir = log_dir
         if enabled and log_dir and dist.is_main_process():
             from torch.utils.tensorboard import SummaryWriter
+
             os.makedirs(log_dir, exist_ok=True)
             self.writer = SummaryWriter(log_dir)
 
@@ -142,14 +161,21 @@ class TBWriter:
         if self.writer is None:
             return
         import numpy as np
+
         n = len(recall)
         zeros = np.zeros(n)
         # the plugin draws (recall, precision); counts are not known after COCO's interpolation
-        self.writer.add_pr_curve_raw(tag, true_positive_counts=zeros, false_positive_counts=zeros,
-                                     true_negative_counts=zeros, false_negative_counts=zeros,
-                                     precision=np.asarray(precision)[::-1].copy(),
-                                     recall=np.asarray(recall)[::-1].copy(), global_step=step,
-                                     num_thresholds=n)
+        self.writer.add_pr_curve_raw(
+            tag,
+            true_positive_counts=zeros,
+            false_positive_counts=zeros,
+            true_negative_counts=zeros,
+            false_negative_counts=zeros,
+            precision=np.asarray(precision)[::-1].copy(),
+            recall=np.asarray(recall)[::-1].copy(),
+            global_step=step,
+            num_thresholds=n,
+        )
 
     def flush(self) -> None:
         if self.writer is not None:

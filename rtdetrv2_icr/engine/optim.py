@@ -13,6 +13,7 @@ Regex cheat sheet: ``^(?=.*a)(?=.*b).*$`` names containing a and b, ``^(?=.*(?:a
 ``^(?=.*a)(?!.*b).*$`` a but not b. Parameters no group claims form a last group with the
 optimiser's defaults.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,13 +32,22 @@ __all__ = ["build_param_groups", "LinearWarmup", "FlatCosineLR"]
 # torch's own optimisers and schedulers, under their class names.
 for _cls in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD):
     register(_cls)
-for _cls in (sched.MultiStepLR, sched.StepLR, sched.CosineAnnealingLR, sched.OneCycleLR,
-             sched.LambdaLR, sched.ExponentialLR, sched.ConstantLR):
+for _cls in (
+    sched.MultiStepLR,
+    sched.StepLR,
+    sched.CosineAnnealingLR,
+    sched.OneCycleLR,
+    sched.LambdaLR,
+    sched.ExponentialLR,
+    sched.ConstantLR,
+):
     register(_cls)
 register(torch.amp.GradScaler, name="GradScaler")
 
 
-def build_param_groups(model: nn.Module, groups_cfg: Optional[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+def build_param_groups(
+    model: nn.Module, groups_cfg: Optional[List[Dict[str, Any]]]
+) -> List[Dict[str, Any]]:
     """Turn `optimizer.params` (a list of {params: regex, **options}) into torch param groups.
 
     Each trainable parameter lands in exactly one group: the first whose regex matches its name
@@ -100,8 +110,11 @@ class LinearWarmup:
         return self.last_step >= self.warmup_duration
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"last_step": self.last_step, "warmup_duration": self.warmup_duration,
-                "target_lrs": list(self.target_lrs)}
+        return {
+            "last_step": self.last_step,
+            "warmup_duration": self.warmup_duration,
+            "target_lrs": list(self.target_lrs),
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.last_step = int(state["last_step"])
@@ -118,10 +131,18 @@ class FlatCosineLR(sched.LRScheduler):
     `epoch`, as upstream schedulers, or `iter`).
     """
 
-    def __init__(self, optimizer, total_steps: int, flat_steps: int = 0, min_lr_ratio: float = 0.05,
-                 last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer,
+        total_steps: int,
+        flat_steps: int = 0,
+        min_lr_ratio: float = 0.05,
+        last_epoch: int = -1,
+    ):
         if total_steps <= flat_steps:
-            raise ConfigError(f"FlatCosineLR: total_steps ({total_steps}) must exceed flat_steps ({flat_steps})")
+            raise ConfigError(
+                f"FlatCosineLR: total_steps ({total_steps}) must exceed flat_steps ({flat_steps})"
+            )
         self.total_steps = int(total_steps)
         self.flat_steps = int(flat_steps)
         self.min_lr_ratio = float(min_lr_ratio)
@@ -153,7 +174,12 @@ def load_scheduler_state(scheduler, state: Dict[str, Any]) -> None:
     state = dict(state)
     for k, v in list(state.items()):
         current = getattr(scheduler, k, None)
-        if isinstance(v, dict) and current is not None and type(current) is not dict and isinstance(current, dict):
+        if (
+            isinstance(v, dict)
+            and current is not None
+            and type(current) is not dict
+            and isinstance(current, dict)
+        ):
             state[k] = type(current)(v)
     scheduler.load_state_dict(state)
 

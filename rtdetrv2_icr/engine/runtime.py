@@ -25,6 +25,7 @@ They are top-level config keys (``configs/runtime.yml`` holds the component sect
     seed, device            random seed (each rank adds its rank); cpu | cuda | cuda:N
     resume, tuning          checkpoint to resume from / to fine-tune from (tools/train.py -r / -t)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,18 +66,21 @@ class RuntimeSettings:
 
     def __post_init__(self):
         if self.lr_scheduler_interval not in ("epoch", "iter"):
-            raise ValueError(f"lr_scheduler_interval must be 'epoch' or 'iter', got "
-                             f"{self.lr_scheduler_interval!r}")
+            raise ValueError(
+                f"lr_scheduler_interval must be 'epoch' or 'iter', got "
+                f"{self.lr_scheduler_interval!r}"
+            )
         for name in ("epoches", "print_freq", "eval_freq", "grad_accum_steps", "icr_log_freq"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
-    def from_config(cls, cfg: Dict[str, Any]) -> "RuntimeSettings":
+    def from_config(cls, cfg: Dict[str, Any]) -> RuntimeSettings:
         """The runtime keys of a merged config dict (other keys are ignored; null keeps a
         default)."""
-        values = {f.name: cfg[f.name] for f in dataclasses.fields(cls)
-                  if cfg.get(f.name) is not None}
+        values = {
+            f.name: cfg[f.name] for f in dataclasses.fields(cls) if cfg.get(f.name) is not None
+        }
         if "epoches" not in values and cfg.get("epochs") is not None:
             values["epoches"] = cfg["epochs"]
         return cls(**values)

@@ -7,6 +7,7 @@
 One process or many (torchrun): the model is DDP-wrapped when the world is larger than one,
 data are sharded by DistributedSampler, evaluation gathers detections by image id.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -21,17 +22,15 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from . import builders, dist
-from .checkpoint import (duplicate_atomic, load_checkpoint, load_eval_weights,
-                         load_matching_weights, restore_training_state, rng_state, save_atomic,
-                         set_rng_state)
+from . import builders, checkpoint, dist
 from .coco_metrics import report_to_markdown, write_report
 from .evaluator import metric_value
-from .logger import MeterBank, TBWriter, get_logger, memory_mb
-from .optim import current_lrs, plain_scheduler_state
-from .runtime import RuntimeSettings
 from .inference import float_outputs, run_inference, targets_to
+from .logger import MeterBank, TBWriter, get_logger
+from .optim import current_lrs
+from .runtime import RuntimeSettings
 from .summaries import append_epoch_record, log_eval, log_train_step
+from .updater import Updater
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
@@ -57,13 +56,16 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         model = cfg.model
         if rt.tuning:
-            self.log.info(f"tuning from {rt.tuning}: " + load_matching_weights(rt.tuning, model))
+            self.log.info(
+                f"tuning from {rt.tuning}: " + checkpoint.load_matching_weights(rt.tuning, model)
+            )
         model.to(self.device)
-        self.ema = builders.build_ema(cfg, model)        # a copy of the model as it is now
+        self.ema = builders.build_ema(cfg, model)  # a copy of the model as it is now
         self.criterion = cfg.criterion.to(self.device)
         self.postprocessor = cfg.postprocessor.to(self.device)
-        self.model = dist.wrap_model(model, self.device, sync_bn=rt.sync_bn,
-                                     find_unused_parameters=rt.find_unused_parameters)
+        self.model = dist.wrap_model(
+            model, self.device, sync_bn=rt.sync_bn, find_unused_parameters=rt.find_unused_parameters
+        )
         self.amp_dtype = builders.amp_dtype(cfg, self.device)
         self.scaler = builders.build_scaler(cfg, self.device, self.amp_dtype)
         # Under DDP every parameter must receive a gradient on every rank, whatever the batch
@@ -72,10 +74,19 @@ class Trainer:
 
     def setup_train(self) -> None:
         self._setup_model()
-        cfg = self.cfg
+        cfg, rt = self.cfg, self.rt
         self.optimizer = builders.build_optimizer(cfg, self.model)
         self.lr_scheduler = builders.build_lr_scheduler(cfg, self.optimizer)
         self.lr_warmup = builders.build_lr_warmup(cfg, self.lr_scheduler)
+        self.updater = Updater(
+            self.optimizer,
+            self.lr_scheduler,
+            self.lr_warmup,
+            self.scaler,
+            self.ema,
+            rt.clip_max_norm,
+            rt.lr_scheduler_interval,
+        )
         self.train_loader = builders.build_dataloader(cfg, "train_dataloader")
         self.val_loader = builders.build_dataloader(cfg, "val_dataloader", shuffle=False)
         self.evaluator = builders.build_evaluator(cfg, self.val_loader.dataset)
@@ -83,54 +94,59 @@ class Trainer:
             os.makedirs(self.output_dir, exist_ok=True)
             for stale in glob.glob(os.path.join(self.output_dir, ".*.pth.*.tmp")):
                 os.remove(stale)  # temp files of a save that was killed
-        self.writer = TBWriter(self.rt.tensorboard_dir)
-        self.writer.text("config", "```\n" + json.dumps(cfg.to_dict(), indent=1, default=str) + "\n```")
-        if self.rt.resume:
-            self.load_resume(self.rt.resume)
+        self.writer = TBWriter(rt.tensorboard_dir)
+        self.writer.text("config", f"```\n{json.dumps(cfg.to_dict(), indent=1, default=str)}\n```")
+        if rt.resume:
+            self.load_resume(rt.resume)
 
     def setup_eval(self) -> None:
         self._setup_model()
         if self.rt.resume:
-            load_eval_weights(self.rt.resume, dist.unwrap_model(self.model), self.ema)
+            checkpoint.load_eval_weights(self.rt.resume, dist.unwrap_model(self.model), self.ema)
             self.log.info(f"loaded weights from {self.rt.resume}")
 
     # ---- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        parts = {"ema": self.ema, "lr_warmup_scheduler": self.lr_warmup, "scaler": self.scaler}
-        state: Dict[str, Any] = {
+        return {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "last_epoch": self.last_epoch, "global_step": self.global_step,
-            "best": dict(self.best), "world_size": dist.get_world_size(),
-            "rng": dist.all_gather_object(rng_state()),     # every rank's generators, rank order
+            "last_epoch": self.last_epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "world_size": dist.get_world_size(),
+            "rng": dist.all_gather_object(checkpoint.rng_state()),  # every rank's, in rank order
             "model": dist.unwrap_model(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
-            **{k: p.state_dict() for k, p in parts.items() if p is not None}}
-        if self.lr_scheduler is not None:
-            state["lr_scheduler"] = plain_scheduler_state(self.lr_scheduler)
-        return state
+            "config": self.cfg.to_dict(),
+            **self.updater.state_dict(),
+        }
 
     def save(self, names: List[str]) -> None:
-        state = self.state_dict()            # collective (RNG gather): all ranks call it
+        state = self.state_dict()  # collective (RNG gather): all ranks call it
         if dist.is_main_process():
             first = os.path.join(self.output_dir, names[0])
-            save_atomic(state, first)
+            checkpoint.save_atomic(state, first)
             for n in names[1:]:
-                duplicate_atomic(first, os.path.join(self.output_dir, n))
+                checkpoint.duplicate_atomic(first, os.path.join(self.output_dir, n))
 
     def load_resume(self, path: str) -> None:
-        s = restore_training_state(load_checkpoint(path), dist.unwrap_model(self.model), self.ema,
-                                   self.optimizer, self.lr_scheduler, self.lr_warmup, self.scaler,
-                                   self.log, path)
-        self.last_epoch, self.global_step = s["last_epoch"], s["global_step"]
-        if s["best"] and s["best"].get("metric") == self.rt.best_metric:
-            self.best = dict(s["best"])
-        if len(s["rng"]) == dist.get_world_size():
-            set_rng_state(s["rng"][dist.get_rank()])
+        ckpt = checkpoint.load_checkpoint(path)
+        dist.unwrap_model(self.model).load_state_dict(ckpt["model"])
+        self.updater.load_state_dict(ckpt, self.log, path)
+        self.last_epoch = int(ckpt.get("last_epoch", -1))
+        self.global_step = int(ckpt.get("global_step", 0))
+        if (ckpt.get("best") or {}).get("metric") == self.rt.best_metric:
+            self.best = dict(ckpt["best"])
+        rngs = ckpt.get("rng") or []
+        if len(rngs) == dist.get_world_size():
+            checkpoint.set_rng_state(rngs[dist.get_rank()])
         else:
-            self.log.warning(f"{path} was written by {len(s['rng'])} process(es), this run has "
-                             f"{dist.get_world_size()}: RNG states are not restored")
-        self.log.info(f"resumed from {path}: epoch {self.last_epoch} done, step "
-                      f"{self.global_step}, best {self.best}")
+            self.log.warning(
+                f"{path} was written by {len(rngs)} process(es), this run has "
+                f"{dist.get_world_size()}: RNG states are not restored"
+            )
+        self.log.info(
+            f"resumed from {path}: epoch {self.last_epoch} done, step "
+            f"{self.global_step}, best {self.best}"
+        )
 
     # ---- training --------------------------------------------------------------------------
     def _autocast(self):
@@ -138,51 +154,28 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _step_scheduler(self, unit: str) -> None:
-        """Step the lr scheduler at the end of an ``unit`` ('iter' or 'epoch') if that is its
-        interval and the warm-up is over."""
-        if self.lr_scheduler is not None and self.rt.lr_scheduler_interval == unit and \
-                (self.lr_warmup is None or self.lr_warmup.finished()):
-            self.lr_scheduler.step()
-
-    def _optimizer_step(self) -> None:
-        params = [p for pg in self.optimizer.param_groups for p in pg["params"]]
-        clip = self.rt.clip_max_norm
-        if self.scaler is not None and clip > 0:
-            self.scaler.unscale_(self.optimizer)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model)
-        if self.lr_warmup is not None:
-            self.lr_warmup.step()
-        self._step_scheduler("iter")
-
     def train_one_epoch(self, epoch: int) -> Dict[str, float]:
         self.model.train()
         self.criterion.train()
         loader, n_iter, accum = self.train_loader, len(self.train_loader), self.rt.grad_accum_steps
         meters = MeterBank(window=20)
-        all_params = [p for p in self.model.parameters() if p.requires_grad] if self.touch_all else []
+        all_params = (
+            [p for p in self.model.parameters() if p.requires_grad] if self.touch_all else []
+        )
         self.optimizer.zero_grad(set_to_none=True)
         end = time.perf_counter()
         for i, (samples, targets) in enumerate(loader):
             data_time = time.perf_counter() - end
-            samples, targets = samples.to(self.device, non_blocking=True), targets_to(targets, self.device)
+            samples = samples.to(self.device, non_blocking=True)
+            targets = targets_to(targets, self.device)
             boundary = (i + 1) % accum == 0 or i + 1 == n_iter
             no_sync = not boundary and hasattr(self.model, "no_sync")
             with self.model.no_sync() if no_sync else nullcontext():
                 with self._autocast():
                     outputs = self.model(samples, targets=targets)
                 with torch.autocast(device_type=self.device.type, enabled=False):
-                    loss_dict = self.criterion(float_outputs(outputs), targets, epoch=epoch,
-                                               step=i, global_step=self.global_step)
+                    step = {"epoch": epoch, "step": i, "global_step": self.global_step}
+                    loss_dict = self.criterion(float_outputs(outputs), targets, **step)
                 reduced = {k: float(v) for k, v in dist.reduce_dict(loss_dict).items()}
                 bad = [k for k, v in reduced.items() if not math.isfinite(v)]
                 if bad:
@@ -192,52 +185,51 @@ class Trainer:
                 if all_params:
                     loss = loss + 0.0 * sum(p.sum() for p in all_params)
                 loss = loss / accum
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                self.updater.backward(loss)
             if boundary:
-                self._optimizer_step()
+                self.updater.step(self.model)
             self.global_step += 1
             meters.update(loss=sum(reduced.values()), **reduced)
             meters.update(time=time.perf_counter() - end, data=data_time)
             end = time.perf_counter()
             lrs = current_lrs(self.optimizer)
-            log_train_step(self.writer, self.global_step, reduced, lrs,
-                           getattr(self.criterion, "last_icr_stats", None) or {},
-                           self.rt.icr_log_freq)
+            icr = getattr(self.criterion, "last_icr_stats", None) or {}
+            log_train_step(self.writer, self.global_step, reduced, lrs, icr, self.rt.icr_log_freq)
             if i % self.rt.print_freq == 0 or i + 1 == n_iter:
-                self.log.info(
-                    f"Epoch [{epoch}/{self.epochs}] [{i:>{len(str(n_iter))}}/{n_iter}]  "
-                    f"eta {meters.eta(i + 1, n_iter * (self.epochs - epoch))}  lr {lrs[-1]:.3e}  "
-                    f"{meters.line(['loss'] + sorted(reduced))}  "
-                    f"time {meters.meters['time'].avg:.3f}  data {meters.meters['data'].avg:.3f}  "
-                    f"mem {memory_mb(self.device):.0f}MB")
+                self.log.info(meters.progress(epoch, self.epochs, i, n_iter, lrs[-1], self.device))
         meters.sync()
         return meters.averages()
 
     def _bad_step(self, bad: List[str], reduced: Dict[str, float], epoch: int, i: int) -> None:
         self.bad_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        msg = (f"non-finite loss term(s) {', '.join(f'{k}={reduced[k]}' for k in bad)} "
-               f"at epoch {epoch} iteration {i} (global step {self.global_step})")
+        msg = (
+            f"non-finite loss term(s) {', '.join(f'{k}={reduced[k]}' for k in bad)} "
+            f"at epoch {epoch} iteration {i} (global step {self.global_step})"
+        )
         self.global_step += 1
         if self.bad_steps > self.rt.max_bad_steps:
-            raise NonFiniteLossError(f"{msg}; stopping after {self.bad_steps} bad step(s) "
-                                     f"(max_bad_steps={self.rt.max_bad_steps})")
+            raise NonFiniteLossError(
+                f"{msg}; stopping after {self.bad_steps} bad step(s) "
+                f"(max_bad_steps={self.rt.max_bad_steps})"
+            )
         self.log.warning(f"{msg}: step skipped ({self.bad_steps}/{self.rt.max_bad_steps} allowed)")
 
     def fit(self) -> Dict[str, Any]:
         self.setup_train()
-        n_params = sum(p.numel() for p in dist.unwrap_model(self.model).parameters() if p.requires_grad)
-        self.log.info(f"training {self.epochs} epochs on {self.device} x{dist.get_world_size()} "
-                      f"process(es); {n_params:,} trainable parameters; output in {self.output_dir}")
+        n_params = sum(
+            p.numel() for p in dist.unwrap_model(self.model).parameters() if p.requires_grad
+        )
+        self.log.info(
+            f"training {self.epochs} epochs on {self.device} x{dist.get_world_size()} "
+            f"process(es); {n_params:,} trainable parameters; output in {self.output_dir}"
+        )
         start, report, rt = time.time(), None, self.rt
         try:
             for epoch in range(self.last_epoch + 1, self.epochs):
-                for part in (self.train_loader.sampler, self.train_loader.dataset,
-                             self.train_loader.collate_fn):
-                    if hasattr(part, "set_epoch"):
-                        part.set_epoch(epoch)
+                builders.set_epoch(self.train_loader, epoch)
                 train_stats = self.train_one_epoch(epoch)
-                self._step_scheduler("epoch")
+                self.updater.end_epoch()
                 self.last_epoch = epoch
                 names = ["last.pth"]
                 if rt.checkpoint_freq > 0 and (epoch + 1) % rt.checkpoint_freq == 0:
@@ -245,15 +237,21 @@ class Trainer:
                 if (epoch + 1) % rt.eval_freq == 0 or epoch + 1 == self.epochs:
                     report = self.evaluate(self.val_loader, self.evaluator, "val", step=epoch)
                     value = metric_value(report, rt.best_metric)
-                    if value is not None and (self.best["value"] is None or value > self.best["value"]):
+                    if value is not None and (
+                        self.best["value"] is None or value > self.best["value"]
+                    ):
                         self.best = {"metric": rt.best_metric, "value": value, "epoch": epoch}
                         names.append("best.pth")
-                    self.log.info(f"best {rt.best_metric}: {self.best['value']} (epoch {self.best['epoch']})")
+                    self.log.info(
+                        f"best {rt.best_metric}: {self.best['value']} (epoch {self.best['epoch']})"
+                    )
                 self.save(names)
                 append_epoch_record(self.output_dir, epoch, self.global_step, train_stats, report)
         except KeyboardInterrupt:
-            self.log.warning("interrupted; the last complete checkpoint is "
-                             f"{os.path.join(self.output_dir, 'last.pth')}")
+            self.log.warning(
+                "interrupted; the last complete checkpoint is "
+                f"{os.path.join(self.output_dir, 'last.pth')}"
+            )
             raise
         finally:
             if self.writer:
@@ -266,16 +264,18 @@ class Trainer:
         return self.ema.module if self.ema is not None else dist.unwrap_model(self.model)
 
     @torch.no_grad()
-    def evaluate(self, loader, evaluator, split: str = "val", step: int = 0,
-                 out_dir: Optional[str] = None, backend: Optional[str] = None) -> Dict[str, Any]:
+    def evaluate(self, loader, evaluator, split="val", step=0, out_dir=None, backend=None):
+        """Run ``loader`` through the eval weights into ``evaluator``; log, write and return the
+        report (docs/evaluation.md)."""
         module = self.eval_module()
         module.eval()
         self.criterion.eval()
         evaluator.reset()
         n_vis = self.rt.vis_images if self.writer else 0
         t0 = time.time()
-        vis = run_inference(module, self.postprocessor, loader, evaluator, self.device,
-                            self._autocast, n_vis)
+        vis = run_inference(
+            module, self.postprocessor, loader, evaluator, self.device, self._autocast, n_vis
+        )
         report = evaluator.summarize(split=split, backend=backend)
         report["eval_seconds"] = round(time.time() - t0, 2)
         if dist.is_main_process():
@@ -285,13 +285,16 @@ class Trainer:
             log_eval(self.writer, report, evaluator, vis, step, split, self.rt.vis_score_thr)
         return report
 
-    def evaluate_split(self, split: str, out_dir: Optional[str] = None,
-                       backend: Optional[str] = None) -> Dict[str, Any]:
+    def evaluate_split(
+        self, split: str, out_dir: Optional[str] = None, backend: Optional[str] = None
+    ) -> Dict[str, Any]:
         """Evaluate the current weights (EMA if any) on ``split``; writes metrics.json/.md to
         ``out_dir``."""
         loader = builders.build_dataloader(self.cfg, f"{split}_dataloader", shuffle=False)
         self.evaluator = builders.build_evaluator(self.cfg, loader.dataset)
         if self.writer is None and out_dir:
-            self.writer = TBWriter(os.path.join(out_dir, "summary"), enabled=self.rt.eval_tensorboard)
-        return self.evaluate(loader, self.evaluator, split, step=max(self.last_epoch, 0),
-                             out_dir=out_dir, backend=backend)
+            self.writer = TBWriter(
+                os.path.join(out_dir, "summary"), enabled=self.rt.eval_tensorboard
+            )
+        step = max(self.last_epoch, 0)
+        return self.evaluate(loader, self.evaluator, split, step, out_dir, backend)

@@ -2,6 +2,7 @@
 
 The trainer calls these; each is a no-op on ranks other than 0 (the writer is disabled there).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ from .visualize import gt_vs_pred_grid, target_boxes_xyxy
 __all__ = ["log_train_step", "log_eval", "vis_items", "append_epoch_record"]
 
 
-def log_train_step(writer: Optional[TBWriter], step: int, losses: Dict[str, float],
-                   lrs: List[float], icr_stats: Dict[str, torch.Tensor], icr_log_freq: int) -> None:
+def log_train_step(
+    writer: Optional[TBWriter],
+    step: int,
+    losses: Dict[str, float],
+    lrs: List[float],
+    icr_stats: Dict[str, torch.Tensor],
+    icr_log_freq: int,
+) -> None:
     """Loss/total, Loss/<term>, Lr/pg_<i> every step; ICR/<stat> every ``icr_log_freq`` steps."""
     if not writer:
         return
@@ -38,16 +45,32 @@ def vis_items(postprocessor, samples: torch.Tensor, targets, outputs, evaluator,
     items = []
     for k in range(min(n, samples.shape[0])):
         labels = evaluator.contiguous_labels(preds[k]["labels"])
-        items.append((samples[k].float().cpu(),
-                      {"boxes": target_boxes_xyxy(targets[k]["boxes"], h, w).cpu(),
-                       "labels": targets[k]["labels"].cpu()},
-                      {"boxes": preds[k]["boxes"].cpu(), "labels": labels.cpu(),
-                       "scores": preds[k]["scores"].cpu()}))
+        items.append(
+            (
+                samples[k].float().cpu(),
+                {
+                    "boxes": target_boxes_xyxy(targets[k]["boxes"], h, w).cpu(),
+                    "labels": targets[k]["labels"].cpu(),
+                },
+                {
+                    "boxes": preds[k]["boxes"].cpu(),
+                    "labels": labels.cpu(),
+                    "scores": preds[k]["scores"].cpu(),
+                },
+            )
+        )
     return items
 
 
-def log_eval(writer: Optional[TBWriter], report: Dict[str, Any], evaluator, vis, step: int,
-             split: str, vis_score: float) -> None:
+def log_eval(
+    writer: Optional[TBWriter],
+    report: Dict[str, Any],
+    evaluator,
+    vis,
+    step: int,
+    split: str,
+    vis_score: float,
+) -> None:
     """<Split>/<metric>, <Split>/<class>/<metric>, relational consistency, PR curves, and a grid
     of ground truth beside predictions."""
     if not writer:
@@ -58,28 +81,42 @@ def log_eval(writer: Optional[TBWriter], report: Dict[str, Any], evaluator, vis,
         writer.scalars(f"{tag}/{cname}", metrics, step)
     rc = report.get("relational_consistency") or {}
     writer.scalar(f"{tag}/relational_consistency", rc.get("share"), step)  # skipped when None
-    writer.scalar(f"{tag}/relational_children",
-                  sum(r["children"] for r in rc.get("relations", {}).values()), step)
+    writer.scalar(
+        f"{tag}/relational_children",
+        sum(r["children"] for r in rc.get("relations", {}).values()),
+        step,
+    )
     for cname, (rec, prec) in evaluator.curves.items():
         writer.pr_curve(f"PR_{split}/{cname}", rec, prec, step)
     if vis:
-        writer.image(f"{tag}/gt_vs_pred", gt_vs_pred_grid(vis, evaluator.class_names, vis_score),
-                     step)
+        writer.image(
+            f"{tag}/gt_vs_pred", gt_vs_pred_grid(vis, evaluator.class_names, vis_score), step
+        )
     writer.flush()
 
 
-def append_epoch_record(output_dir: str, epoch: int, global_step: int,
-                        train_stats: Dict[str, float], report: Optional[Dict[str, Any]]) -> None:
+def append_epoch_record(
+    output_dir: str,
+    epoch: int,
+    global_step: int,
+    train_stats: Dict[str, float],
+    report: Optional[Dict[str, Any]],
+) -> None:
     """One JSON line per epoch in ``<output_dir>/log.txt`` (rank 0 only)."""
     if not dist.is_main_process():
         return
-    rec: Dict[str, Any] = {"epoch": epoch, "global_step": global_step,
-                           **{f"train_{k}": v for k, v in train_stats.items()}}
+    rec: Dict[str, Any] = {
+        "epoch": epoch,
+        "global_step": global_step,
+        **{f"train_{k}": v for k, v in train_stats.items()},
+    }
     if report is not None:
         rec.update({f"val_{k}": v for k, v in report["coco"].items()})
         rec["val_num_images"] = report["num_images"]
         rec["val_duplicates_dropped"] = report["duplicates_dropped"]
-        rec["val_relational_consistency"] = (report.get("relational_consistency") or {}).get("share")
+        rec["val_relational_consistency"] = (report.get("relational_consistency") or {}).get(
+            "share"
+        )
         rec["val_per_class"] = report["per_class"]
     with open(os.path.join(output_dir, "log.txt"), "a") as f:
         f.write(json.dumps(rec) + "\n")

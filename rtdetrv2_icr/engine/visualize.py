@@ -1,4 +1,5 @@
 """Images for TensorBoard: ground truth beside predictions, one colour per class."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
@@ -31,12 +32,19 @@ def target_boxes_xyxy(boxes: torch.Tensor, height: int, width: int) -> torch.Ten
         scale = torch.tensor([width / cw, height / ch, width / cw, height / ch], device=xyxy.device)
         return xyxy * scale
     xyxy = box_convert(boxes.float(), "cxcywh", "xyxy")
-    return xyxy * torch.tensor([width, height, width, height], device=xyxy.device, dtype=torch.float32)
+    return xyxy * torch.tensor(
+        [width, height, width, height], device=xyxy.device, dtype=torch.float32
+    )
 
 
-def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
-               class_names: Optional[Sequence[str]] = None, scores: Optional[torch.Tensor] = None,
-               width: int = 1) -> torch.Tensor:
+def draw_boxes(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Optional[Sequence[str]] = None,
+    scores: Optional[torch.Tensor] = None,
+    width: int = 1,
+) -> torch.Tensor:
     """image [3,H,W] float in [0,1] (or uint8), boxes [N,4] xyxy pixels -> uint8 [3,H,W]."""
     img = image.detach().cpu()
     if img.dtype != torch.uint8:
@@ -45,8 +53,15 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
         return img
     boxes = boxes.detach().cpu().float()
     h, w = img.shape[-2:]
-    boxes = torch.stack([boxes[:, 0].clamp(0, w - 1), boxes[:, 1].clamp(0, h - 1),
-                         boxes[:, 2].clamp(0, w - 1), boxes[:, 3].clamp(0, h - 1)], dim=1)
+    boxes = torch.stack(
+        [
+            boxes[:, 0].clamp(0, w - 1),
+            boxes[:, 1].clamp(0, h - 1),
+            boxes[:, 2].clamp(0, w - 1),
+            boxes[:, 3].clamp(0, h - 1),
+        ],
+        dim=1,
+    )
     labels = labels.detach().cpu().long()
     texts: Optional[List[str]] = None
     if class_names is not None:
@@ -58,8 +73,11 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
     return draw_bounding_boxes(img, boxes, labels=texts, colors=colours, width=width)
 
 
-def gt_vs_pred_grid(items: Sequence[Tuple[torch.Tensor, dict, dict]], class_names: Optional[Sequence[str]] = None,
-                    score_thr: float = 0.3) -> torch.Tensor:
+def gt_vs_pred_grid(
+    items: Sequence[Tuple[torch.Tensor, dict, dict]],
+    class_names: Optional[Sequence[str]] = None,
+    score_thr: float = 0.3,
+) -> torch.Tensor:
     """items: (image [3,H,W], gt {'boxes' xyxy px, 'labels'}, pred {'boxes','labels','scores'}).
 
     Returns one uint8 grid, a row per image: ground truth left, predictions (score >= thr) right.
@@ -68,5 +86,9 @@ def gt_vs_pred_grid(items: Sequence[Tuple[torch.Tensor, dict, dict]], class_name
     for image, gt, pred in items:
         tiles.append(draw_boxes(image, gt["boxes"], gt["labels"], class_names))
         keep = pred["scores"] >= score_thr
-        tiles.append(draw_boxes(image, pred["boxes"][keep], pred["labels"][keep], class_names, pred["scores"][keep]))
+        tiles.append(
+            draw_boxes(
+                image, pred["boxes"][keep], pred["labels"][keep], class_names, pred["scores"][keep]
+            )
+        )
     return make_grid(tiles, nrow=2, padding=2, pad_value=255)

@@ -7,6 +7,7 @@ target puts the ground-truth offset ``δ*`` between its two neighbouring grid va
 
 The functions are pure and work on any leading batch shape ``[..., n+1]``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Sequence
@@ -35,9 +36,14 @@ def cbbl_um(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (entropy(target) - entropy(logits.softmax(-1))).abs()
 
 
-def cbbl_terms(grid: torch.Tensor, stages: Sequence, batch_idx: torch.Tensor,
-               query_idx: torch.Tensor, target_boxes: torch.Tensor,
-               bounds: Sequence[int]) -> Dict[str, torch.Tensor]:
+def cbbl_terms(
+    grid: torch.Tensor,
+    stages: Sequence,
+    batch_idx: torch.Tensor,
+    query_idx: torch.Tensor,
+    target_boxes: torch.Tensor,
+    bounds: Sequence[int],
+) -> Dict[str, torch.Tensor]:
     """Per matched pair, ``cbbl_ce`` and ``cbbl_um`` [ΣM] (means over the 4 coordinates), on the
     offset ``grid`` [bins] (`ops.cbbl_grid.cbbl_grid`).
 
@@ -51,16 +57,20 @@ def cbbl_terms(grid: torch.Tensor, stages: Sequence, batch_idx: torch.Tensor,
         rows = slice(bounds[s], bounds[s + 1])
         b, q = batch_idx[rows], query_idx[rows]
         if "pred_box_dist" not in st.outputs or "ref_points" not in st.outputs:
-            raise KeyError(f"C-BBL is enabled in the criterion but the {st.kind}{st.suffix} "
-                           "outputs lack 'pred_box_dist'/'ref_points': enable cbbl in the "
-                           "decoder too (top-level `cbbl: {enabled: true}` sets both)")
-        logits = st.outputs["pred_box_dist"][b, q].float()              # [M, 4, bins]
+            raise KeyError(
+                f"C-BBL is enabled in the criterion but the {st.kind}{st.suffix} "
+                "outputs lack 'pred_box_dist'/'ref_points': enable cbbl in the "
+                "decoder too (top-level `cbbl: {enabled: true}` sets both)"
+            )
+        logits = st.outputs["pred_box_dist"][b, q].float()  # [M, 4, bins]
         if logits.shape[-1] != grid.numel():
-            raise ValueError(f"C-BBL: the head predicts {logits.shape[-1]} bins, the "
-                             f"criterion expects num_bins={grid.numel()}")
-        ref = st.outputs["ref_points"][b, q].detach().float()             # [M, 4]
+            raise ValueError(
+                f"C-BBL: the head predicts {logits.shape[-1]} bins, the "
+                f"criterion expects num_bins={grid.numel()}"
+            )
+        ref = st.outputs["ref_points"][b, q].detach().float()  # [M, 4]
         delta = inverse_sigmoid(target_boxes[rows].float()) - inverse_sigmoid(ref)
-        target = two_hot(delta, grid)                                     # [M, 4, bins]
+        target = two_hot(delta, grid)  # [M, 4, bins]
         ce.append(cbbl_ce(logits, target).mean(-1))
         um.append(cbbl_um(logits, target).mean(-1))
     return {"cbbl_ce": torch.cat(ce), "cbbl_um": torch.cat(um)}

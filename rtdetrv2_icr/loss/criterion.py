@@ -18,9 +18,9 @@ One call scores every stage of the model output against the targets:
 
 num_boxes is the mean over DDP ranks of the number of targets, at least 1.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -34,8 +34,13 @@ from ..core.settings import settings_from
 from ..nn.cbbl_head import CBBLSettings
 from ..ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 from ..ops.cbbl_grid import cbbl_grid
-from .balanced import (IoUBalancedSettings, ScaleBalancedSettings, iou_balance_positives,
-                       iou_balance_terms, target_scale_weights)
+from .balanced import (
+    IoUBalancedSettings,
+    ScaleBalancedSettings,
+    iou_balance_positives,
+    iou_balance_terms,
+    target_scale_weights,
+)
 from .cbbl import cbbl_terms
 from .icr import ICRPenalty
 from .iou import iou_family_loss, parse_iou_kind
@@ -80,21 +85,37 @@ class RTDETRCriterionv2(nn.Module):
     __share__ = ["num_classes", "class_names", "relations", "cbbl"]
     __inject__ = ["matcher"]
 
-    def __init__(self, matcher, weight_dict: Dict[str, float], losses: Sequence[str],
-                 alpha: float = 0.2, gamma: float = 2.0, num_classes: int = 80,
-                 boxes_weight_format: Optional[str] = None, share_matched_indices: bool = False,
-                 iou_type: str = "giou", inner_ratio: float = 1.25, nwd_constant: float = 12.8,
-                 icr: Optional[dict] = None, class_names: Optional[Sequence[str]] = None,
-                 relations: Optional[List[dict]] = None, cbbl: Optional[dict] = None,
-                 scale_balanced: Optional[dict] = None, iou_balanced: Optional[dict] = None):
+    def __init__(
+        self,
+        matcher,
+        weight_dict: Dict[str, float],
+        losses: Sequence[str],
+        alpha: float = 0.2,
+        gamma: float = 2.0,
+        num_classes: int = 80,
+        boxes_weight_format: Optional[str] = None,
+        share_matched_indices: bool = False,
+        iou_type: str = "giou",
+        inner_ratio: float = 1.25,
+        nwd_constant: float = 12.8,
+        icr: Optional[dict] = None,
+        class_names: Optional[Sequence[str]] = None,
+        relations: Optional[List[dict]] = None,
+        cbbl: Optional[dict] = None,
+        scale_balanced: Optional[dict] = None,
+        iou_balanced: Optional[dict] = None,
+    ):
         super().__init__()
         bad = [k for k in losses if k not in LABEL_LOSSES + ("boxes",)]
         if bad:
-            raise ValueError(f"RTDETRCriterionv2.losses: unknown {bad}; "
-                             f"choose from {LABEL_LOSSES + ('boxes',)}")
+            raise ValueError(
+                f"RTDETRCriterionv2.losses: unknown {bad}; choose from {LABEL_LOSSES + ('boxes',)}"
+            )
         if boxes_weight_format not in (None, "iou", "giou"):
-            raise ValueError(f"RTDETRCriterionv2.boxes_weight_format must be null, iou or giou, "
-                             f"got {boxes_weight_format!r}")
+            raise ValueError(
+                f"RTDETRCriterionv2.boxes_weight_format must be null, iou or giou, "
+                f"got {boxes_weight_format!r}"
+            )
         self.matcher = matcher
         self.losses = list(losses)
         self.alpha, self.gamma = alpha, gamma
@@ -118,9 +139,11 @@ class RTDETRCriterionv2(nn.Module):
             self.cbbl_grid = cbbl_grid(cb.alpha, cb.num_bins, cb.beta)
             for key in ("loss_cbbl_ce", "loss_cbbl_um"):
                 self.weight_dict.setdefault(key, 1.0)
-        self.scale_balanced = self._optional(ScaleBalancedSettings, scale_balanced, "scale_balanced")
+        self.scale_balanced = self._optional(
+            ScaleBalancedSettings, scale_balanced, "scale_balanced"
+        )
         self.iou_balanced = self._optional(IoUBalancedSettings, iou_balanced, "iou_balanced")
-        self.last_scale_weights = torch.zeros(0)     # W_g of the last call's targets (SCB)
+        self.last_scale_weights = torch.zeros(0)  # W_g of the last call's targets (SCB)
 
     @staticmethod
     def _optional(cls, cfg: Optional[dict], key: str):
@@ -138,30 +161,45 @@ class RTDETRCriterionv2(nn.Module):
             batch.icr = self.icr.prepare(batch.labels, batch.boxes, batch.parent_row)
         stages = self.match_stages(outputs, targets, self._num_boxes(batch, device))
         pairs = gather_pairs(stages, batch)
-        weight = self._boxes_weight(pairs)                              # [ΣM] or None
-        pair_iou = None                                                 # detached IoU, [ΣM]
+        weight = self._boxes_weight(pairs)  # [ΣM] or None
+        pair_iou = None  # detached IoU, [ΣM]
         if "vfl" in self.losses or self.iou_balanced is not None:
-            pair_iou = paired_box_iou(box_cxcywh_to_xyxy(pairs.pred_boxes.detach()),
-                                      box_cxcywh_to_xyxy(pairs.target_boxes), EPS)[0]
-        score = weight if weight is not None else pair_iou              # VFL's soft targets
+            pair_iou = paired_box_iou(
+                box_cxcywh_to_xyxy(pairs.pred_boxes.detach()),
+                box_cxcywh_to_xyxy(pairs.target_boxes),
+                EPS,
+            )[0]
+        score = weight if weight is not None else pair_iou  # VFL's soft targets
 
         per_stage: List[Dict[str, torch.Tensor]] = [{} for _ in stages]
         for name in self.losses:
             if name == "boxes":
-                for s, terms in enumerate(self._box_losses(pairs, stages, batch, weight,
-                                                           pair_iou)):
+                for s, terms in enumerate(self._box_losses(pairs, stages, batch, weight, pair_iou)):
                     per_stage[s].update(terms)
                 continue
             for s, st in enumerate(stages):
                 rows = slice(pairs.bounds[s], pairs.bounds[s + 1])
-                per_stage[s].update(self._label_loss(
-                    name, st, pairs, rows, batch, score[rows] if name == "vfl" else None,
-                    pair_iou[rows] if pair_iou is not None else None))
+                per_stage[s].update(
+                    self._label_loss(
+                        name,
+                        st,
+                        pairs,
+                        rows,
+                        batch,
+                        score[rows] if name == "vfl" else None,
+                        pair_iou[rows] if pair_iou is not None else None,
+                    )
+                )
 
         losses: Dict[str, torch.Tensor] = {}
         for st, raw in zip(stages, per_stage):
-            losses.update({k + st.suffix: v * self.weight_dict[k]
-                           for k, v in raw.items() if k in self.weight_dict})
+            losses.update(
+                {
+                    k + st.suffix: v * self.weight_dict[k]
+                    for k, v in raw.items()
+                    if k in self.weight_dict
+                }
+            )
         return losses
 
     def match_stages(self, outputs: dict, targets: List[dict], num_boxes: float) -> List[Stage]:
@@ -181,17 +219,24 @@ class RTDETRCriterionv2(nn.Module):
             meta = outputs["dn_meta"]
             dn_idx = dn_indices(meta, targets)
             for i, aux in enumerate(outputs["dn_aux_outputs"]):
-                stages.append(Stage("dn", f"_dn_{i}", aux, dn_idx, num_boxes * meta["dn_num_group"]))
+                stages.append(
+                    Stage("dn", f"_dn_{i}", aux, dn_idx, num_boxes * meta["dn_num_group"])
+                )
 
         if "enc_aux_outputs" in outputs:
             if "enc_meta" not in outputs:
                 raise KeyError("outputs have 'enc_aux_outputs' but no 'enc_meta'")
             agnostic = bool(outputs["enc_meta"].get("class_agnostic", False))
             # class-agnostic proposals are matched and scored as the single class 'object'
-            enc_targets = [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets] \
-                if agnostic else targets
+            enc_targets = (
+                [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
+                if agnostic
+                else targets
+            )
             for i, aux in enumerate(outputs["enc_aux_outputs"]):
-                self._check_classes(aux, 1 if agnostic else self.num_classes, f"enc_aux_outputs[{i}]")
+                self._check_classes(
+                    aux, 1 if agnostic else self.num_classes, f"enc_aux_outputs[{i}]"
+                )
                 indices = self.matcher(aux, enc_targets)["indices"]
                 stages.append(Stage("enc", f"_enc_{i}", aux, indices, num_boxes, agnostic))
         return stages
@@ -207,21 +252,40 @@ class RTDETRCriterionv2(nn.Module):
             return paired_box_iou(pred, gt, EPS)[0]
         return paired_generalized_box_iou(pred, gt, EPS)
 
-    def _box_losses(self, pairs: Pairs, stages: List[Stage], batch: TargetBatch,
-                    weight: Optional[torch.Tensor], pair_iou: Optional[torch.Tensor]
-                    ) -> List[Dict[str, torch.Tensor]]:
+    def _box_losses(
+        self,
+        pairs: Pairs,
+        stages: List[Stage],
+        batch: TargetBatch,
+        weight: Optional[torch.Tensor],
+        pair_iou: Optional[torch.Tensor],
+    ) -> List[Dict[str, torch.Tensor]]:
         """Unweighted box losses of every stage: [{loss_bbox: .., loss_giou: ..}] per stage.
         weight: upstream's boxes_weight_format per pair; pair_iou: detached IoU per pair."""
-        terms = {                                                        # per box, [ΣM]
+        terms = {  # per box, [ΣM]
             "l1": (pairs.pred_boxes - pairs.target_boxes).abs().sum(-1),
-            "iou": iou_family_loss(pairs.pred_boxes, pairs.target_boxes, self.iou_type,
-                                   self.inner_ratio, EPS, nwd_constant=self.nwd_constant),
+            "iou": iou_family_loss(
+                pairs.pred_boxes,
+                pairs.target_boxes,
+                self.iou_type,
+                self.inner_ratio,
+                EPS,
+                nwd_constant=self.nwd_constant,
+            ),
         }
         if weight is not None:
             terms["iou"] = terms["iou"] * weight
         if self.cbbl is not None:
-            terms.update(cbbl_terms(self.cbbl_grid, stages, pairs.batch_idx, pairs.query_idx,
-                                    pairs.target_boxes, pairs.bounds))
+            terms.update(
+                cbbl_terms(
+                    self.cbbl_grid,
+                    stages,
+                    pairs.batch_idx,
+                    pairs.query_idx,
+                    pairs.target_boxes,
+                    pairs.bounds,
+                )
+            )
             if self.cbbl.replace_l1:
                 del terms["l1"]
         if self.icr.active:
@@ -229,10 +293,15 @@ class RTDETRCriterionv2(nn.Module):
         if self.scale_balanced is not None:
             enc = [st for st in stages if st.kind == "enc"]
             if not enc:
-                raise KeyError("scale_balanced needs the encoder proposals (enc_aux_outputs): "
-                               "keep the decoder's aux_loss on")
-            w_target = target_scale_weights(self.scale_balanced, enc[0].outputs["pred_boxes"],
-                                            [t["boxes"] for t in batch.targets])
+                raise KeyError(
+                    "scale_balanced needs the encoder proposals (enc_aux_outputs): "
+                    "keep the decoder's aux_loss on"
+                )
+            w_target = target_scale_weights(
+                self.scale_balanced,
+                enc[0].outputs["pred_boxes"],
+                [t["boxes"] for t in batch.targets],
+            )
             self.last_scale_weights = w_target.detach()
             w = w_target[pairs.flat_tgt].to(pairs.pred_boxes.dtype)
             terms = {k: v * w for k, v in terms.items()}
@@ -250,8 +319,9 @@ class RTDETRCriterionv2(nn.Module):
     def _apply_icr(self, terms, pairs: Pairs, stages: List[Stage], batch: TargetBatch):
         on = [st.kind in self.icr.settings.apply_to for st in stages]
         apply = None if all(on) else torch.tensor(on, device=pairs.stage_id.device)[pairs.stage_id]
-        return self.icr(terms, pairs.pred_boxes, pairs.flat_tgt, batch.icr, apply=apply,
-                        record=pairs.bounds[1])                         # final layer's statistics
+        return self.icr(
+            terms, pairs.pred_boxes, pairs.flat_tgt, batch.icr, apply=apply, record=pairs.bounds[1]
+        )  # final layer's statistics
 
     @property
     def last_icr_stats(self) -> Dict[str, torch.Tensor]:
@@ -259,14 +329,21 @@ class RTDETRCriterionv2(nn.Module):
         icr_num_child, icr_factor_mean, icr_outside_frac, icr_containment_mean."""
         return self.icr.stats() if self.icr.active else {}
 
-    def _label_loss(self, name: str, st: Stage, pairs: Pairs, rows: slice, batch: TargetBatch,
-                    vfl_score: Optional[torch.Tensor], pair_iou: Optional[torch.Tensor] = None
-                    ) -> Dict[str, torch.Tensor]:
+    def _label_loss(
+        self,
+        name: str,
+        st: Stage,
+        pairs: Pairs,
+        rows: slice,
+        batch: TargetBatch,
+        vfl_score: Optional[torch.Tensor],
+        pair_iou: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
         """vfl / focal / bce of one stage over all its B·Q·C logits, summed / the stage norm;
         ``vfl_score`` [M_s] is the VFL target score of the stage's pairs (their IoU, or the
         boxes_weight_format weight), ``pair_iou`` [M_s] their detached IoU (for the IoU-balanced
         classification weights)."""
-        logits = st.outputs["pred_logits"]                              # [B,Q,C]
+        logits = st.outputs["pred_logits"]  # [B,Q,C]
         self._check_classes(st.outputs, 1 if st.agnostic else self.num_classes, st.kind + st.suffix)
         b, q = pairs.batch_idx[rows], pairs.query_idx[rows]
         labels = batch.labels[pairs.flat_tgt[rows]]
@@ -276,8 +353,9 @@ class RTDETRCriterionv2(nn.Module):
         onehot = torch.zeros_like(logits)
         onehot[b, q, labels] = 1
         if name == "focal":
-            loss = torchvision.ops.sigmoid_focal_loss(logits, onehot, self.alpha, self.gamma,
-                                                      reduction="none")
+            loss = torchvision.ops.sigmoid_focal_loss(
+                logits, onehot, self.alpha, self.gamma, reduction="none"
+            )
         elif name == "bce":
             loss = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
         else:  # varifocal: positives target their IoU, negatives down-weighted by alpha·p^gamma
@@ -294,9 +372,11 @@ class RTDETRCriterionv2(nn.Module):
     def _check_classes(out: dict, expected: int, where: str) -> None:
         got = out["pred_logits"].shape[-1]
         if got != expected:
-            raise ValueError(f"{where}: pred_logits has {got} classes but the criterion expects "
-                             f"{expected} (RTDETRCriterionv2.num_classes; 1 for class-agnostic "
-                             f"encoder proposals)")
+            raise ValueError(
+                f"{where}: pred_logits has {got} classes but the criterion expects "
+                f"{expected} (RTDETRCriterionv2.num_classes; 1 for class-agnostic "
+                f"encoder proposals)"
+            )
 
     @staticmethod
     def _num_boxes(batch: TargetBatch, device) -> float:
@@ -305,4 +385,3 @@ class RTDETRCriterionv2(nn.Module):
             dist.all_reduce(n)
             n = n / dist.get_world_size()
         return n.clamp(min=1).item()
-

@@ -1,18 +1,14 @@
-"""Inter-class relational (ICR) penalty (docs/losses.md). A matched prediction b̂ whose ground
-truth is a *child* (a plate) with parent ground truth V (its vehicle) is scored by its containment
-C = area(b̂ ∩ V) / area(b̂):
-
-    scale:  L_j <- (1 + λ (1 - C)) · L_j      for j in terms (default iou and l1)
-    binary: L_j <- (1 + λ [C < 1 - tol]) · L_j  (no gradient through C)
-    add:    L_iou <- L_iou + λ (1 - C)
-
-Every other pair (non-child, orphan, parent of the wrong class) is left exactly as it was.
+"""Inter-class relational (ICR) penalty (docs/losses.md): a matched prediction b̂ of a child (a
+plate) with parent ground truth V (its vehicle) is scored by C = area(b̂ ∩ V) / area(b̂). Modes:
+scale L_j <- (1 + λ(1 - C))·L_j for j in terms; binary L_j <- (1 + λ[C < 1 - tol])·L_j (no
+gradient through C); add L_iou <- L_iou + λ(1 - C). Other pairs are left exactly as they were.
 """
+
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -21,8 +17,7 @@ from ..core.relations import parent_of_list, resolve_relations
 from ..core.settings import settings_from
 from ..ops.boxes import box_cxcywh_to_xyxy, containment
 
-__all__ = ["ICRSettings", "ICRPenalty", "ICRTargets", "icr_factor", "MODES", "STAGES",
-           "BOX_TERMS"]
+__all__ = ["ICRSettings", "ICRPenalty", "ICRTargets", "icr_factor", "MODES", "STAGES", "BOX_TERMS"]
 
 MODES = ("scale", "binary", "add")
 STAGES = ("final", "aux", "enc", "dn")
@@ -33,6 +28,7 @@ BOX_TERMS = ("iou", "l1", "cbbl_ce", "cbbl_um")
 class ICRSettings:
     """The criterion's ``icr`` section. ``relations`` (else the top-level ``relations``) name
     ``[{child, parent}]`` classes; ``apply_to`` the penalised stages."""
+
     enabled: bool = True
     lam: float = field(default=2.5, metadata={"key": "lambda"})
     mode: str = "scale"
@@ -44,8 +40,12 @@ class ICRSettings:
     eps: float = 1e-7
 
     def __post_init__(self):
-        for key, values, known in (("terms", self.terms, BOX_TERMS), ("mode", [self.mode], MODES),
-                                   ("apply_to", self.apply_to, STAGES)):
+        checks = {
+            "terms": (self.terms, BOX_TERMS),
+            "mode": ([self.mode], MODES),
+            "apply_to": (self.apply_to, STAGES),
+        }
+        for key, (values, known) in checks.items():
             bad = [v for v in values if v not in known]
             if bad:
                 raise ValueError(f"RTDETRCriterionv2.icr.{key}: unknown {bad}; choose from {known}")
@@ -64,8 +64,8 @@ def icr_factor(c: Tensor, lam: float, mode: str = "scale", tol: float = 1e-6) ->
 
 
 class ICRTargets(NamedTuple):
-    is_child: Tensor      # [ΣT] bool: a child with a parent of the right class
-    parent_xyxy: Tensor   # [ΣT, 4] that parent's box (meaningless where is_child is False)
+    is_child: Tensor  # [ΣT] bool: a child with a parent of the right class
+    parent_xyxy: Tensor  # [ΣT, 4] that parent's box (meaningless where is_child is False)
 
 
 class ICRPenalty:
@@ -75,18 +75,21 @@ class ICRPenalty:
     def __init__(self, settings: ICRSettings, relations: Dict[int, int], num_classes: int = 0):
         self.settings, self.relations = settings, dict(relations)
         n = max([num_classes, 1, *(max(k, v) + 1 for k, v in self.relations.items())])
-        self._parent_class = torch.tensor(parent_of_list(self.relations, n))   # [n]
-        self._last = None                        # (C, factor, is_child) of the recorded pairs
+        self._parent_class = torch.tensor(parent_of_list(self.relations, n))  # [n]
+        self._last = None  # (C, factor, is_child) of the recorded pairs
 
     @classmethod
-    def from_config(cls, cfg: Optional[dict], class_names: Optional[Sequence[str]] = None,
-                    relations: Optional[List[dict]] = None, num_classes: int = 0) -> "ICRPenalty":
-        """``cfg`` is the ``icr`` section: None is off, a section without ``enabled`` is on."""
+    def from_config(cls, cfg: Optional[dict], class_names=None, relations=None, num_classes=0):
+        """``cfg`` is the ``icr`` section: None is off, a section without ``enabled`` is on;
+        ``relations`` and ``class_names`` are the shared top-level keys."""
         s = settings_from(ICRSettings, cfg, "RTDETRCriterionv2.icr", enabled=cfg is not None)
         rel = s.relations if s.relations is not None else relations
         if s.enabled and not rel:
-            warnings.warn("RTDETRCriterionv2.icr is enabled but no relations are configured "
-                          "(icr.relations or top-level relations): the loss is the baseline")
+            warnings.warn(
+                "RTDETRCriterionv2.icr is enabled but no relations are configured "
+                "(icr.relations or top-level relations): the loss is the baseline",
+                stacklevel=2,
+            )
         resolved = resolve_relations(rel, class_names, "RTDETRCriterionv2.icr") if s.enabled else {}
         return cls(s, resolved, num_classes)
 
@@ -98,23 +101,21 @@ class ICRPenalty:
         """Child flags and parent boxes of the batch's targets: labels [ΣT], boxes [ΣT,4] cxcywh,
         parent_row [ΣT] (row of each target's parent in the batch, or -1)."""
         self._parent_class = self._parent_class.to(labels.device)
-        want = self._parent_class[labels]                               # parent class, -1 if none
-        gp = parent_row.clamp(min=0)                                    # any row where none
+        want = self._parent_class[labels]  # parent class, -1 if none
+        gp = parent_row.clamp(min=0)  # any row where none
         is_child = (parent_row >= 0) & (want >= 0) & (labels[gp] == want)
         return ICRTargets(is_child, box_cxcywh_to_xyxy(boxes[gp]))
 
-    def __call__(self, terms: Dict[str, Tensor], pred_boxes: Tensor, flat_tgt: Tensor,
-                 prep: ICRTargets, apply: Optional[Tensor] = None,
-                 record: Optional[int] = None) -> Dict[str, Tensor]:
+    def __call__(self, terms, pred_boxes, flat_tgt, prep: ICRTargets, apply=None, record=None):
         """Penalise per-box terms {name: [M]}: pred_boxes [M,4] cxcywh; flat_tgt [M] index into
         ``prep``; apply [M] bool, the pairs whose stage is penalised (None: all); the first
         ``record`` pairs (the final layer's) are kept for ``stats()``."""
         s = self.settings
-        is_child = prep.is_child[flat_tgt]                              # [M]
+        is_child = prep.is_child[flat_tgt]  # [M]
         c = containment(box_cxcywh_to_xyxy(pred_boxes), prep.parent_xyxy[flat_tgt], s.eps)
         if s.detach:
             c = c.detach()
-        factor = icr_factor(c, s.lam, s.mode, s.tol)                    # [M]
+        factor = icr_factor(c, s.lam, s.mode, s.tol)  # [M]
         if record is not None:
             self._last = (c[:record].detach(), factor[:record].detach(), is_child[:record])
         hit = is_child if apply is None else is_child & apply
@@ -137,7 +138,10 @@ class ICRPenalty:
         c, factor, child = self._last
         n = child.sum()
         w = child.to(c.dtype) / n.clamp(min=1)
-        return {"icr_num_child": n,
-                "icr_factor_mean": 1 + ((factor - 1) * w).sum(),
-                "icr_outside_frac": ((c < 1 - self.settings.tol).to(c.dtype) * w).sum(),
-                "icr_containment_mean": 1 - ((1 - c) * w).sum()}
+        outside = (c < 1 - self.settings.tol).to(c.dtype)
+        return {
+            "icr_num_child": n,
+            "icr_factor_mean": 1 + ((factor - 1) * w).sum(),
+            "icr_outside_frac": (outside * w).sum(),
+            "icr_containment_mean": 1 - ((1 - c) * w).sum(),
+        }

@@ -8,7 +8,8 @@ Kinds (pred = a, target = b; IoU, enclosing box ``c`` of width cw / height ch, c
     iou    1 - IoU
     giou   1 - IoU + (area(c) - union) / area(c)
     diou   1 - IoU + rho2 / (cw² + ch²)
-    ciou   diou + alpha·v,  v = 4/π²·(atan(wb/hb) - atan(wa/ha))²,  alpha = v / (1 - IoU + v) (no grad)
+    ciou   diou + alpha·v,  v = 4/π²·(atan(wb/hb) - atan(wa/ha))²,
+           alpha = v / (1 - IoU + v) (no gradient)
     eiou   diou + (wa - wb)² / cw² + (ha - hb)² / ch²
     siou   1 - IoU + (Δ + Ω) / 2   with angle cost Λ = sin 2θ = 2|dx||dy| / rho2,
            Δ = Σ_{x,y} 1 - exp(-(2 - Λ)·(d/c)²),  Ω = Σ_{w,h} (1 - exp(-|wa - wb| / max(wa, wb)))^θ
@@ -22,6 +23,7 @@ Safety: sizes are clamped at 0, every denominator is clamped from below by ``eps
 square root of NWD sees a clamped argument, so zero-area, inverted, identical and far-apart boxes
 give finite losses and gradients. Above ``eps`` the formulas are exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +43,7 @@ def parse_iou_kind(kind: str) -> Tuple[str, bool]:
     """'inner_siou' -> ('siou', True); 'giou' -> ('giou', False). Raises on unknown names."""
     name = str(kind).lower()
     inner = name.startswith("inner_")
-    base = name[len("inner_"):] if inner else name
+    base = name[len("inner_") :] if inner else name
     choices = list(BASE_KINDS) + [f"inner_{k}" for k in BASE_KINDS if k != "nwd"]
     if base not in BASE_KINDS or (inner and base == "nwd"):
         raise ValueError(f"unknown IoU-family loss {kind!r}; choose one of {', '.join(choices)}")
@@ -60,10 +62,16 @@ def _scaled(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor, r: float) -> Tensor:
     return torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=-1)
 
 
-def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "giou",
-                    inner_ratio: Optional[float] = None, eps: float = 1e-7,
-                    box_format: str = "cxcywh", nwd_constant: float = 12.8,
-                    siou_theta: float = 4.0) -> Tensor:
+def iou_family_loss(
+    pred: Tensor,
+    target: Tensor,
+    kind: str = "giou",
+    inner_ratio: Optional[float] = None,
+    eps: float = 1e-7,
+    box_format: str = "cxcywh",
+    nwd_constant: float = 12.8,
+    siou_theta: float = 4.0,
+) -> Tensor:
     """Per-box IoU-family loss of paired boxes.
 
     pred, target: [..., 4] in ``box_format`` ('cxcywh' or 'xyxy'); returns [...].
@@ -81,7 +89,7 @@ def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "giou",
     elif box_format != "xyxy":
         raise ValueError(f"box_format must be 'cxcywh' or 'xyxy', got {box_format!r}")
 
-    acx, acy, aw, ah = _centre_size(pred)                               # each [...]
+    acx, acy, aw, ah = _centre_size(pred)  # each [...]
     bcx, bcy, bw, bh = _centre_size(target)
     dx, dy = bcx - acx, bcy - acy
     rho2 = dx * dx + dy * dy
@@ -92,37 +100,43 @@ def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "giou",
 
     iou, union = paired_box_iou(pred, target, eps)
     if inner_ratio is not None:
-        overlap = paired_box_iou(_scaled(acx, acy, aw, ah, inner_ratio),
-                                 _scaled(bcx, bcy, bw, bh, inner_ratio), eps)[0]
+        overlap = paired_box_iou(
+            _scaled(acx, acy, aw, ah, inner_ratio), _scaled(bcx, bcy, bw, bh, inner_ratio), eps
+        )[0]
     else:
         overlap = iou
     loss = 1 - overlap
     if base == "iou":
         return loss
 
-    cw, ch = enclosing_wh(pred, target)                                 # enclosing box
+    cw, ch = enclosing_wh(pred, target)  # enclosing box
     if base == "giou":
         hull = cw * ch
         return loss + (hull - union) / hull.clamp(min=eps)
     if base == "siou":
-        angle = 2 * dx.abs() * dy.abs() / rho2.clamp(min=eps)               # sin 2θ in [0, 1]
+        angle = 2 * dx.abs() * dy.abs() / rho2.clamp(min=eps)  # sin 2θ in [0, 1]
         gamma = 2 - angle
-        dist = (1 - torch.exp(-gamma * (dx / cw.clamp(min=eps)) ** 2)) \
-            + (1 - torch.exp(-gamma * (dy / ch.clamp(min=eps)) ** 2))
+        dist = (1 - torch.exp(-gamma * (dx / cw.clamp(min=eps)) ** 2)) + (
+            1 - torch.exp(-gamma * (dy / ch.clamp(min=eps)) ** 2)
+        )
         om_w = (aw - bw).abs() / torch.max(aw, bw).clamp(min=eps)
         om_h = (ah - bh).abs() / torch.max(ah, bh).clamp(min=eps)
         shape = (1 - torch.exp(-om_w)) ** siou_theta + (1 - torch.exp(-om_h)) ** siou_theta
         return loss + 0.5 * (dist + shape)
 
-    loss = loss + rho2 / (cw * cw + ch * ch).clamp(min=eps)                # DIoU penalty
+    loss = loss + rho2 / (cw * cw + ch * ch).clamp(min=eps)  # DIoU penalty
     if base == "diou":
         return loss
     if base == "eiou":
-        return loss + (aw - bw) ** 2 / (cw * cw).clamp(min=eps) \
+        return (
+            loss
+            + (aw - bw) ** 2 / (cw * cw).clamp(min=eps)
             + (ah - bh) ** 2 / (ch * ch).clamp(min=eps)
+        )
     # ciou
-    v = (4 / math.pi ** 2) * (torch.atan(bw / bh.clamp(min=eps))
-                              - torch.atan(aw / ah.clamp(min=eps))) ** 2
+    v = (4 / math.pi**2) * (
+        torch.atan(bw / bh.clamp(min=eps)) - torch.atan(aw / ah.clamp(min=eps))
+    ) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v).clamp(min=eps)
     return loss + alpha * v

@@ -7,13 +7,13 @@ class_cost is focal-style (use_focal_loss, sigmoid scores p of the target class)
 or -softmax probability of the target class otherwise. The cost matrix of the whole batch is
 built at once ([B·Q, ΣT]) and split per image for scipy's linear_sum_assignment.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from ..core.registry import register
@@ -29,13 +29,19 @@ class HungarianMatcher(nn.Module):
 
     __share__ = ["use_focal_loss"]
 
-    def __init__(self, weight_dict: Dict[str, float], use_focal_loss: bool = False,
-                 alpha: float = 0.25, gamma: float = 2.0):
+    def __init__(
+        self,
+        weight_dict: Dict[str, float],
+        use_focal_loss: bool = False,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+    ):
         super().__init__()
         missing = [k for k in ("cost_class", "cost_bbox", "cost_giou") if k not in weight_dict]
         if missing:
-            raise ValueError(f"HungarianMatcher.weight_dict lacks {', '.join(missing)} "
-                             f"(got {dict(weight_dict)})")
+            raise ValueError(
+                f"HungarianMatcher.weight_dict lacks {', '.join(missing)} (got {dict(weight_dict)})"
+            )
         self.cost_class = weight_dict["cost_class"]
         self.cost_bbox = weight_dict["cost_bbox"]
         self.cost_giou = weight_dict["cost_giou"]
@@ -48,21 +54,21 @@ class HungarianMatcher(nn.Module):
     @torch.no_grad()
     def cost_matrix(self, outputs: Dict[str, torch.Tensor], targets: List[dict]) -> torch.Tensor:
         """[B, Q, ΣT] matching cost of every query against every target of the batch."""
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]   # [B,Q,C], [B,Q,4]
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]  # [B,Q,C], [B,Q,4]
         bs, nq = logits.shape[:2]
-        labels = torch.cat([t["labels"] for t in targets])              # [ΣT]
-        gt = torch.cat([t["boxes"] for t in targets])                   # [ΣT,4] cxcywh
+        labels = torch.cat([t["labels"] for t in targets])  # [ΣT]
+        gt = torch.cat([t["boxes"] for t in targets])  # [ΣT,4] cxcywh
 
-        flat_logits = logits.flatten(0, 1)                              # [B·Q, C]
+        flat_logits = logits.flatten(0, 1)  # [B·Q, C]
         if self.use_focal_loss:
-            p = flat_logits.sigmoid()[:, labels]                        # [B·Q, ΣT]
+            p = flat_logits.sigmoid()[:, labels]  # [B·Q, ΣT]
             pos = self.alpha * (1 - p) ** self.gamma * -(p + 1e-8).log()
-            neg = (1 - self.alpha) * p ** self.gamma * -(1 - p + 1e-8).log()
+            neg = (1 - self.alpha) * p**self.gamma * -(1 - p + 1e-8).log()
             cls_cost = pos - neg
         else:
             cls_cost = -flat_logits.softmax(-1)[:, labels]
 
-        flat_boxes = boxes.flatten(0, 1)                                # [B·Q, 4]
+        flat_boxes = boxes.flatten(0, 1)  # [B·Q, 4]
         l1_cost = torch.cdist(flat_boxes, gt, p=1)
         giou_cost = -generalized_box_iou(box_cxcywh_to_xyxy(flat_boxes), box_cxcywh_to_xyxy(gt))
         cost = self.cost_bbox * l1_cost + self.cost_class * cls_cost + self.cost_giou * giou_cost
@@ -78,11 +84,15 @@ class HungarianMatcher(nn.Module):
 
         cost = self.cost_matrix(outputs, targets).cpu()
         indices = []
-        for i, block in enumerate(cost.split(sizes, dim=-1)):           # block: [B, Q, T_i]
+        for i, block in enumerate(cost.split(sizes, dim=-1)):  # block: [B, Q, T_i]
             if sizes[i] == 0:
                 indices.append((empty, empty))
                 continue
             rows, cols = linear_sum_assignment(block[i].numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64, device=device),
-                            torch.as_tensor(cols, dtype=torch.int64, device=device)))
+            indices.append(
+                (
+                    torch.as_tensor(rows, dtype=torch.int64, device=device),
+                    torch.as_tensor(cols, dtype=torch.int64, device=device),
+                )
+            )
         return {"indices": indices}

@@ -1,2 +1,3 @@
 """Model components of RT-DETRv2 (backbone, hybrid encoder, decoder, post-processor)."""
-from . import common, backbone, encoder, attention, denoising, decoder, rtdetr, postprocessor  # noqa: F401
+
+from . import attention, backbone, common, decoder, denoising, encoder, postprocessor, rtdetr  # noqa: F401

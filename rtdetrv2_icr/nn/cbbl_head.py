@@ -7,6 +7,7 @@ logits, which the criterion turns into ``loss_cbbl_ce`` / ``loss_cbbl_um`` (docs
 One top-level ``cbbl`` section configures the heads and the criterion; `CBBLSettings` holds its
 keys and defaults.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = ["DistributionBoxHead", "CBBLSettings"]
 class CBBLSettings:
     """The ``cbbl`` section: grid range ``alpha``, ``num_bins`` grid values, non-uniformity
     ``beta``; ``replace_l1`` drops the L1 term from the loss."""
+
     enabled: bool = False
     alpha: float = 4.0
     num_bins: int = 17
@@ -33,15 +35,21 @@ class CBBLSettings:
     replace_l1: bool = False
 
     @classmethod
-    def of(cls, cfg: Optional[dict], owner: str) -> "CBBLSettings":
+    def of(cls, cfg: Optional[dict], owner: str) -> CBBLSettings:
         return settings_from(cls, cfg, f"{owner}.cbbl")
 
 
 class DistributionBoxHead(nn.Module):
     """hidden [..., C] -> (offset [..., 4], {'pred_box_dist': logits [..., 4, num_bins]})."""
 
-    def __init__(self, hidden_dim: int, num_bins: int = 17, alpha: float = 4.0, beta: float = 1.0,
-                 num_layers: int = 3):
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_bins: int = 17,
+        alpha: float = 4.0,
+        beta: float = 1.0,
+        num_layers: int = 3,
+    ):
         super().__init__()
         self.num_bins = num_bins
         self.mlp = MLP(hidden_dim, hidden_dim, 4 * num_bins, num_layers)
@@ -51,5 +59,5 @@ class DistributionBoxHead(nn.Module):
         self.register_buffer("grid", cbbl_grid(alpha, num_bins, beta), persistent=False)
 
     def forward(self, x: torch.Tensor):
-        logits = self.mlp(x).unflatten(-1, (4, self.num_bins))          # [..., 4, n+1]
+        logits = self.mlp(x).unflatten(-1, (4, self.num_bins))  # [..., 4, n+1]
         return expected_offset(logits, self.grid.to(logits.dtype)), {"pred_box_dist": logits}

@@ -3,6 +3,7 @@
 Parameter names (``conv``, ``norm``, ``conv1``/``conv2``/``conv3``, ``bottlenecks``) are part of
 the state_dict layout of RT-DETRv2 checkpoints and must not be renamed.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "FrozenBatchNorm2d", "freeze_batch_norm2d", "get_activation", "ConvNormLayer",
-    "RepVggBlock", "CSPRepLayer", "MLP", "prior_prob_bias",
+    "FrozenBatchNorm2d",
+    "freeze_batch_norm2d",
+    "get_activation",
+    "ConvNormLayer",
+    "RepVggBlock",
+    "CSPRepLayer",
+    "MLP",
+    "prior_prob_bias",
 ]
 
 
@@ -37,14 +44,17 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # y = (x - mean) / sqrt(var + eps) * w + b, folded into one scale and one shift   [1, C, 1, 1]
+        # y = (x - mean) / sqrt(var + eps) * w + b, folded into one scale and one shift   [1, C, 1,
+        # 1]
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
@@ -101,13 +111,17 @@ def get_activation(act: Union[str, nn.Module, None], inplace: bool = True) -> nn
     if isinstance(act, nn.Module):
         return act
     if not isinstance(act, str):
-        raise TypeError(f"get_activation: expected a name, a module or None, got {type(act).__name__}")
+        raise TypeError(
+            f"get_activation: expected a name, a module or None, got {type(act).__name__}"
+        )
     key = act.lower()
     if key in ("identity", "none", "linear"):
         return nn.Identity()
     if key not in _ACTIVATIONS:
-        raise ValueError(f"get_activation: unknown activation {act!r}; "
-                         f"known: {', '.join(sorted(_ACTIVATIONS))}, identity")
+        raise ValueError(
+            f"get_activation: unknown activation {act!r}; "
+            f"known: {', '.join(sorted(_ACTIVATIONS))}, identity"
+        )
     module = _ACTIVATIONS[key]()
     if hasattr(module, "inplace"):
         module.inplace = inplace
@@ -120,8 +134,16 @@ def get_activation(act: Union[str, nn.Module, None], inplace: bool = True) -> nn
 class ConvNormLayer(nn.Module):
     """Conv2d -> BatchNorm2d -> activation. Padding defaults to 'same' for odd kernels."""
 
-    def __init__(self, ch_in: int, ch_out: int, kernel_size: int, stride: int = 1,
-                 padding: Optional[int] = None, bias: bool = False, act=None):
+    def __init__(
+        self,
+        ch_in: int,
+        ch_out: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: Optional[int] = None,
+        bias: bool = False,
+        act=None,
+    ):
         super().__init__()
         pad = (kernel_size - 1) // 2 if padding is None else padding
         self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=pad, bias=bool(bias))
@@ -133,13 +155,14 @@ class ConvNormLayer(nn.Module):
 
 
 def _fold_norm(layer: ConvNormLayer):
-    """Kernel and bias of the single conv equal to ``layer.norm(layer.conv(x))`` (eval statistics)."""
+    """Kernel and bias of the single conv equal to ``layer.norm(layer.conv(x))`` (eval
+    statistics)."""
     conv, norm = layer.conv, layer.norm
     inv_std = (norm.running_var + norm.eps).rsqrt()
-    gain = norm.weight * inv_std                                   # [C_out]
-    kernel = conv.weight * gain.view(-1, 1, 1, 1)                  # [C_out, C_in, k, k]
+    gain = norm.weight * inv_std  # [C_out]
+    kernel = conv.weight * gain.view(-1, 1, 1, 1)  # [C_out, C_in, k, k]
     conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    bias = norm.bias + (conv_bias - norm.running_mean) * gain      # [C_out]
+    bias = norm.bias + (conv_bias - norm.running_mean) * gain  # [C_out]
     return kernel, bias
 
 
@@ -159,7 +182,7 @@ class RepVggBlock(nn.Module):
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "conv"):                 # re-parameterised
+        if hasattr(self, "conv"):  # re-parameterised
             return self.act(self.conv(x))
         return self.act(self.conv1(x) + self.conv2(x))
 
@@ -167,7 +190,7 @@ class RepVggBlock(nn.Module):
     def fused_kernel_bias(self):
         k3, b3 = _fold_norm(self.conv1)
         k1, b1 = _fold_norm(self.conv2)
-        return k3 + F.pad(k1, [1, 1, 1, 1]), b3 + b1   # 1x1 kernel sits at the centre of the 3x3
+        return k3 + F.pad(k1, [1, 1, 1, 1]), b3 + b1  # 1x1 kernel sits at the centre of the 3x3
 
     @torch.no_grad()
     def convert_to_deploy(self) -> None:
@@ -182,17 +205,27 @@ class CSPRepLayer(nn.Module):
     """CSP layer with RepVGG blocks (RT-DETR's fusion block, UAV-DETR's RepC3).
 
     x -> conv1 (1x1) -> num_blocks x RepVggBlock --+
-    x -> conv2 (1x1) ------------------------------+-> sum -> conv3 (1x1, or identity when the hidden
+    x -> conv2 (1x1) ------------------------------+-> sum -> conv3 (1x1, or identity when the
+    hidden
                                                                 width equals out_channels)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int = 3,
-                 expansion: float = 1.0, bias=None, act="silu"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int = 3,
+        expansion: float = 1.0,
+        bias=None,
+        act="silu",
+    ):
         super().__init__()
         hidden = int(out_channels * expansion)
         self.conv1 = ConvNormLayer(in_channels, hidden, 1, 1, bias=bias, act=act)
         self.conv2 = ConvNormLayer(in_channels, hidden, 1, 1, bias=bias, act=act)
-        self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, hidden, act=act) for _ in range(num_blocks)])
+        self.bottlenecks = nn.Sequential(
+            *[RepVggBlock(hidden, hidden, act=act) for _ in range(num_blocks)]
+        )
         if hidden != out_channels:
             self.conv3 = ConvNormLayer(hidden, out_channels, 1, 1, bias=bias, act=act)
         else:
@@ -208,8 +241,9 @@ class CSPRepLayer(nn.Module):
 class MLP(nn.Module):
     """``num_layers`` linear layers with an activation between them (none after the last)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 act: str = "relu"):
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, act: str = "relu"
+    ):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))

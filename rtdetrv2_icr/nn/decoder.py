@@ -29,6 +29,7 @@ Box heads are plain modules (``dec_bbox_head[l]``, ``enc_bbox_head``) called thr
 ``(offset, extras)`` whose ``extras`` dict of [B, n, ...] tensors is added to that layer's output
 dict (split like the boxes for denoising). This is where distribution heads (C-BBL) plug in.
 """
+
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -49,42 +50,50 @@ __all__ = ["RTDETRTransformerv2"]
 class RTDETRTransformerv2(nn.Module):
     __share__ = ["num_classes", "eval_spatial_size", "cbbl"]
 
-    def __init__(self,
-                 num_classes=80,
-                 hidden_dim=256,
-                 num_queries=300,
-                 feat_channels=(512, 1024, 2048),
-                 feat_strides=(8, 16, 32),
-                 num_levels=3,
-                 num_points=4,
-                 nhead=8,
-                 num_layers=6,
-                 dim_feedforward=1024,
-                 dropout=0.0,
-                 activation="relu",
-                 num_denoising=100,
-                 label_noise_ratio=0.5,
-                 box_noise_scale=1.0,
-                 learn_query_content=False,
-                 eval_spatial_size=None,
-                 eval_idx=-1,
-                 eps=1e-2,
-                 aux_loss=True,
-                 cross_attn_method="default",
-                 query_select_method="default",
-                 cbbl=None):
+    def __init__(
+        self,
+        num_classes=80,
+        hidden_dim=256,
+        num_queries=300,
+        feat_channels=(512, 1024, 2048),
+        feat_strides=(8, 16, 32),
+        num_levels=3,
+        num_points=4,
+        nhead=8,
+        num_layers=6,
+        dim_feedforward=1024,
+        dropout=0.0,
+        activation="relu",
+        num_denoising=100,
+        label_noise_ratio=0.5,
+        box_noise_scale=1.0,
+        learn_query_content=False,
+        eval_spatial_size=None,
+        eval_idx=-1,
+        eps=1e-2,
+        aux_loss=True,
+        cross_attn_method="default",
+        query_select_method="default",
+        cbbl=None,
+    ):
         super().__init__()
         self.cbbl = CBBLSettings.of(cbbl, "RTDETRTransformerv2")
         feat_channels, feat_strides = list(feat_channels), list(feat_strides)
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
-            raise ValueError(f"RTDETRTransformerv2: feat_channels {feat_channels} and feat_strides "
-                             f"{feat_strides} must have equal length <= num_levels ({num_levels})")
+            raise ValueError(
+                f"RTDETRTransformerv2: feat_channels {feat_channels} and feat_strides "
+                f"{feat_strides} must have equal length <= num_levels ({num_levels})"
+            )
         if query_select_method not in ("default", "one2many", "agnostic"):
-            raise ValueError(f"RTDETRTransformerv2: query_select_method {query_select_method!r} "
-                             "is not one of default, one2many, agnostic")
+            raise ValueError(
+                f"RTDETRTransformerv2: query_select_method {query_select_method!r} "
+                "is not one of default, one2many, agnostic"
+            )
         if cross_attn_method not in ("default", "discrete"):
-            raise ValueError(f"RTDETRTransformerv2: cross_attn_method {cross_attn_method!r} "
-                             "is not one of default, discrete")
+            raise ValueError(
+                f"RTDETRTransformerv2: cross_attn_method {cross_attn_method!r} "
+                "is not one of default, discrete"
+            )
         # extra levels are made by stride-2 convolutions on the last feature map
         while len(feat_strides) < num_levels:
             feat_strides.append(feat_strides[-1] * 2)
@@ -107,30 +116,41 @@ class RTDETRTransformerv2(nn.Module):
         self.learn_query_content = learn_query_content
 
         self.input_proj = self._input_projections(feat_channels)
-        layer = TransformerDecoderLayer(hidden_dim, nhead, dim_feedforward, dropout, activation,
-                                        num_levels, num_points, cross_attn_method)
+        layer = TransformerDecoderLayer(
+            hidden_dim,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            num_levels,
+            num_points,
+            cross_attn_method,
+        )
         self.decoder = DecoderStack(layer, num_layers, eval_idx)
 
         if num_denoising > 0:  # the extra row (index num_classes) is the padding class
-            self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim,
-                                                      padding_idx=num_classes)
+            self.denoising_class_embed = nn.Embedding(
+                num_classes + 1, hidden_dim, padding_idx=num_classes
+            )
             nn.init.normal_(self.denoising_class_embed.weight[:-1])
         if learn_query_content:
             self.tgt_embed = nn.Embedding(num_queries, hidden_dim)
         self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2)
 
         # encoder-side proposal heads, one prediction per memory cell
-        self.enc_output = nn.Sequential(OrderedDict([
-            ("proj", nn.Linear(hidden_dim, hidden_dim)),
-            ("norm", nn.LayerNorm(hidden_dim)),
-        ]))
+        self.enc_output = nn.Sequential(
+            OrderedDict(
+                [("proj", nn.Linear(hidden_dim, hidden_dim)), ("norm", nn.LayerNorm(hidden_dim))]
+            )
+        )
         enc_classes = 1 if query_select_method == "agnostic" else num_classes
         self.enc_score_head = nn.Linear(hidden_dim, enc_classes)
         self.enc_bbox_head = self.build_box_head()
 
         # decoder heads, one per layer
-        self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, num_classes)
-                                            for _ in range(num_layers))
+        self.dec_score_head = nn.ModuleList(
+            nn.Linear(hidden_dim, num_classes) for _ in range(num_layers)
+        )
         self.dec_bbox_head = nn.ModuleList(self.build_box_head() for _ in range(num_layers))
 
         if self.eval_spatial_size:  # anchors for the deployment size, saved like upstream
@@ -146,18 +166,34 @@ class RTDETRTransformerv2(nn.Module):
         With ``cbbl.enabled`` a distribution head (docs/losses.md) that also returns its logits as
         ``pred_box_dist`` [.., 4, num_bins]; otherwise upstream's 3-layer MLP."""
         if self.cbbl.enabled:
-            return DistributionBoxHead(self.hidden_dim, self.cbbl.num_bins, self.cbbl.alpha,
-                                       self.cbbl.beta)
+            return DistributionBoxHead(
+                self.hidden_dim, self.cbbl.num_bins, self.cbbl.alpha, self.cbbl.beta
+            )
         return MLP(self.hidden_dim, self.hidden_dim, 4, 3)
 
     def _input_projections(self, feat_channels: List[int]) -> nn.ModuleList:
         """1x1 conv + BN per given level; a 3x3 stride-2 conv + BN per extra level."""
+
         def conv_bn(c_in: int, kernel: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(OrderedDict([
-                ("conv", nn.Conv2d(c_in, self.hidden_dim, kernel, stride, padding=kernel // 2,
-                                   bias=False)),
-                ("norm", nn.BatchNorm2d(self.hidden_dim)),
-            ]))
+            return nn.Sequential(
+                OrderedDict(
+                    [
+                        (
+                            "conv",
+                            nn.Conv2d(
+                                c_in,
+                                self.hidden_dim,
+                                kernel,
+                                stride,
+                                padding=kernel // 2,
+                                bias=False,
+                            ),
+                        ),
+                        ("norm", nn.BatchNorm2d(self.hidden_dim)),
+                    ]
+                )
+            )
+
         projections = nn.ModuleList(conv_bn(c, 1, 1) for c in feat_channels)
         extra = self.num_levels - len(feat_channels)
         for k in range(extra):
@@ -196,7 +232,7 @@ class RTDETRTransformerv2(nn.Module):
         for level, (h, w) in enumerate(spatial_shapes):
             ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
             centre = (torch.stack([xs, ys], dim=-1) + 0.5) / torch.tensor([w, h], dtype=dtype)
-            size = torch.full_like(centre, grid_size * 2.0 ** level)
+            size = torch.full_like(centre, grid_size * 2.0**level)
             per_level.append(torch.cat([centre, size], dim=-1).reshape(1, h * w, 4))
         anchors = torch.cat(per_level, dim=1).to(device)
         valid = ((anchors > self.eps) & (anchors < 1 - self.eps)).all(-1, keepdim=True)
@@ -205,8 +241,11 @@ class RTDETRTransformerv2(nn.Module):
         return anchors, valid
 
     def _anchors_for(self, spatial_shapes, device):
-        cached = (not self.training and self.eval_spatial_size is not None
-                  and [list(s) for s in spatial_shapes] == self._eval_shapes())
+        cached = (
+            not self.training
+            and self.eval_spatial_size is not None
+            and [list(s) for s in spatial_shapes] == self._eval_shapes()
+        )
         if cached:
             return self.anchors, self.valid_mask
         return self._generate_anchors(spatial_shapes, device=device)
@@ -235,7 +274,7 @@ class RTDETRTransformerv2(nn.Module):
             return scores.max(-1).values.topk(k, dim=-1).indices
         if self.query_select_method == "one2many":  # a cell may be chosen once per class
             return scores.flatten(1).topk(k, dim=-1).indices // self.num_classes
-        return scores.squeeze(-1).topk(k, dim=-1).indices       # agnostic: one score per cell
+        return scores.squeeze(-1).topk(k, dim=-1).indices  # agnostic: one score per cell
 
     def _proposals(self, memory: torch.Tensor, spatial_shapes):
         """Encoder proposals and the initial queries.
@@ -244,13 +283,13 @@ class RTDETRTransformerv2(nn.Module):
         encoder loss, a dict with the selected logits, boxes, anchors (sigmoid) and extras.
         """
         anchors, valid = self._anchors_for(spatial_shapes, memory.device)
-        memory = valid.to(memory.dtype) * memory                     # invalid cells -> 0
-        cell_feat = self.enc_output(memory)                          # [B, S, C]
-        cell_logits = self.enc_score_head(cell_feat)                 # [B, S, K or 1]
+        memory = valid.to(memory.dtype) * memory  # invalid cells -> 0
+        cell_feat = self.enc_output(memory)  # [B, S, C]
+        cell_logits = self.enc_score_head(cell_feat)  # [B, S, K or 1]
         delta, extras = self._box_delta(self.enc_bbox_head, cell_feat)
-        cell_box_unact = delta + anchors                             # [B, S, 4]
+        cell_box_unact = delta + anchors  # [B, S, 4]
 
-        idx = self._select_topk(cell_logits, self.num_queries)       # [B, Q]
+        idx = self._select_topk(cell_logits, self.num_queries)  # [B, Q]
 
         def pick(t: torch.Tensor) -> torch.Tensor:  # [1 or B, S, ...] -> [B, Q, ...]
             t = t.expand(idx.shape[0], *t.shape[1:])
@@ -260,8 +299,11 @@ class RTDETRTransformerv2(nn.Module):
         feat_q, logits_q, box_unact_q = pick(cell_feat), pick(cell_logits), pick(cell_box_unact)
         enc_out = None
         if self.training:
-            enc_out = {"pred_logits": logits_q, "pred_boxes": box_unact_q.sigmoid(),
-                       "ref_points": pick(anchors).sigmoid()}
+            enc_out = {
+                "pred_logits": logits_q,
+                "pred_boxes": box_unact_q.sigmoid(),
+                "ref_points": pick(anchors).sigmoid(),
+            }
             enc_out.update({k: pick(v) for k, v in extras.items()})
 
         if self.learn_query_content:
@@ -273,8 +315,8 @@ class RTDETRTransformerv2(nn.Module):
     def _run_layers(self, x, ref_unact, memory, spatial_shapes, attn_mask=None):
         """Iterative refinement. Returns one dict per computed layer (all in training,
         only ``eval_idx`` in eval) with pred_logits, pred_boxes, ref_points and head extras."""
-        ref = ref_unact.sigmoid()          # detached reference of the current layer, [B, n, 4]
-        prev_box = None                    # previous layer's box, still attached (training)
+        ref = ref_unact.sigmoid()  # detached reference of the current layer, [B, n, 4]
+        prev_box = None  # previous layer's box, still attached (training)
         outputs = []
         for i, layer in enumerate(self.decoder.layers):
             pos = self.query_pos_head(ref)
@@ -285,10 +327,19 @@ class RTDETRTransformerv2(nn.Module):
                 # training: the loss on layer i's box also reaches layer i-1's head through the
                 # reference (computed twice: gradient-carrying for the output, detached for the
                 # next layer), as RT-DETRv2 does
-                out_box = box if prev_box is None or not self.training \
+                out_box = (
+                    box
+                    if prev_box is None or not self.training
                     else (delta + inverse_sigmoid(prev_box)).sigmoid()
-                outputs.append({"pred_logits": self.dec_score_head[i](x), "pred_boxes": out_box,
-                                "ref_points": ref, **extras})
+                )
+                outputs.append(
+                    {
+                        "pred_logits": self.dec_score_head[i](x),
+                        "pred_boxes": out_box,
+                        "ref_points": ref,
+                        **extras,
+                    }
+                )
                 if not self.training:
                     break
             prev_box = box
@@ -302,17 +353,28 @@ class RTDETRTransformerv2(nn.Module):
         dn = None
         if self.training and self.num_denoising > 0:
             check_targets(targets, self.num_classes)
-            dn = build_denoising_group(targets, self.num_classes, self.num_queries,
-                                       self.denoising_class_embed, self.num_denoising,
-                                       self.label_noise_ratio, self.box_noise_scale)
+            dn = build_denoising_group(
+                targets,
+                self.num_classes,
+                self.num_queries,
+                self.denoising_class_embed,
+                self.num_denoising,
+                self.label_noise_ratio,
+                self.box_noise_scale,
+            )
 
         content, ref_unact, enc_out = self._proposals(memory, spatial_shapes)
         if dn is not None:  # denoising queries go first
             content = torch.cat([dn.content, content], dim=1)
             ref_unact = torch.cat([dn.ref_unact, ref_unact], dim=1)
 
-        layers = self._run_layers(content, ref_unact, memory, spatial_shapes,
-                                  attn_mask=None if dn is None else dn.attn_mask)
+        layers = self._run_layers(
+            content,
+            ref_unact,
+            memory,
+            spatial_shapes,
+            attn_mask=None if dn is None else dn.attn_mask,
+        )
 
         dn_layers = None
         if dn is not None:  # split every per-layer tensor into denoising | matching parts

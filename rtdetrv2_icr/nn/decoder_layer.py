@@ -3,6 +3,7 @@
 A layer is post-norm: self-attention among the queries, multi-scale deformable cross-attention
 into the encoder memory around each query's reference box, then a feed-forward block.
 """
+
 import copy
 
 import torch.nn as nn
@@ -16,15 +17,25 @@ __all__ = ["TransformerDecoderLayer", "DecoderStack"]
 class TransformerDecoderLayer(nn.Module):
     """Self-attention among queries, deformable cross-attention to memory, FFN (all post-norm)."""
 
-    def __init__(self, d_model=256, n_head=8, dim_feedforward=1024, dropout=0.0,
-                 activation="relu", n_levels=4, n_points=4, cross_attn_method="default"):
+    def __init__(
+        self,
+        d_model=256,
+        n_head=8,
+        dim_feedforward=1024,
+        dropout=0.0,
+        activation="relu",
+        n_levels=4,
+        n_points=4,
+        cross_attn_method="default",
+    ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
 
-        self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points,
-                                                method=cross_attn_method)
+        self.cross_attn = MSDeformableAttention(
+            d_model, n_head, n_levels, n_points, method=cross_attn_method
+        )
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
@@ -37,8 +48,9 @@ class TransformerDecoderLayer(nn.Module):
         nn.init.xavier_uniform_(self.linear1.weight)
         nn.init.xavier_uniform_(self.linear2.weight)
 
-    def forward(self, x, ref_boxes, memory, spatial_shapes, attn_mask=None, memory_mask=None,
-                pos=None):
+    def forward(
+        self, x, ref_boxes, memory, spatial_shapes, attn_mask=None, memory_mask=None, pos=None
+    ):
         """x [B, n, C], ref_boxes [B, n, 1, 4], memory [B, S, C], pos [B, n, C] -> [B, n, C]"""
         q = x if pos is None else x + pos
         attended = self.self_attn(q, q, value=x, attn_mask=attn_mask, need_weights=False)[0]
@@ -62,5 +74,7 @@ class DecoderStack(nn.Module):
         self.num_layers = num_layers
         self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
         if not 0 <= self.eval_idx < num_layers:
-            raise ValueError(f"RTDETRTransformerv2: eval_idx {eval_idx} is outside "
-                             f"the {num_layers} decoder layers")
+            raise ValueError(
+                f"RTDETRTransformerv2: eval_idx {eval_idx} is outside "
+                f"the {num_layers} decoder layers"
+            )

@@ -1,4 +1,5 @@
 """Turn decoder outputs into detections in original-image pixels."""
+
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import torch
@@ -22,8 +23,10 @@ def _lookup_table(mapping: LabelMap, num_classes: int) -> torch.Tensor:
         table = torch.full((num_classes,), -1, dtype=torch.long)
         for label, cat in mapping.items():
             if not 0 <= int(label) < num_classes:
-                raise ValueError(f"RTDETRPostProcessor: label_to_category has label {label} "
-                                 f"outside [0, {num_classes})")
+                raise ValueError(
+                    f"RTDETRPostProcessor: label_to_category has label {label} "
+                    f"outside [0, {num_classes})"
+                )
             table[int(label)] = int(cat)
         return table
     return torch.as_tensor(list(mapping), dtype=torch.long)
@@ -43,10 +46,17 @@ class RTDETRPostProcessor(nn.Module):
     or, as upstream, to COCO ids with ``remap_mscoco_category``. After ``deploy()`` the call
     returns plain tensors ``(labels [B, k], boxes [B, k, 4], scores [B, k])`` without remapping.
     """
+
     __share__ = ["num_classes", "use_focal_loss", "num_top_queries", "remap_mscoco_category"]
 
-    def __init__(self, num_classes=80, use_focal_loss=True, num_top_queries=300,
-                 remap_mscoco_category=False, label_to_category: Optional[LabelMap] = None):
+    def __init__(
+        self,
+        num_classes=80,
+        use_focal_loss=True,
+        num_top_queries=300,
+        remap_mscoco_category=False,
+        label_to_category: Optional[LabelMap] = None,
+    ):
         super().__init__()
         self.num_classes = int(num_classes)
         self.use_focal_loss = use_focal_loss
@@ -56,31 +66,39 @@ class RTDETRPostProcessor(nn.Module):
         self.deploy_mode = False
 
     def extra_repr(self) -> str:
-        return (f"use_focal_loss={self.use_focal_loss}, num_classes={self.num_classes}, "
-                f"num_top_queries={self.num_top_queries}")
+        return (
+            f"use_focal_loss={self.use_focal_loss}, num_classes={self.num_classes}, "
+            f"num_top_queries={self.num_top_queries}"
+        )
 
     def _select(self, logits: torch.Tensor, boxes: torch.Tensor):
         """logits [B, Q, K], boxes [B, Q, 4] -> labels [B, k], boxes [B, k, 4], scores [B, k]."""
         if self.use_focal_loss:
             k = min(self.num_top_queries, logits.shape[1] * logits.shape[2])
-            scores, flat = logits.sigmoid().flatten(1).topk(k, dim=-1)   # over (query, class)
+            scores, flat = logits.sigmoid().flatten(1).topk(k, dim=-1)  # over (query, class)
             labels = flat % self.num_classes
             query = torch.div(flat, self.num_classes, rounding_mode="floor")
             boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
             return labels, boxes, scores
-        scores, labels = logits.softmax(dim=-1)[..., :-1].max(dim=-1)     # drop the no-object class
+        scores, labels = logits.softmax(dim=-1)[..., :-1].max(dim=-1)  # drop the no-object class
         if scores.shape[1] > self.num_top_queries:
             scores, query = scores.topk(self.num_top_queries, dim=-1)
             labels = labels.gather(1, query)
             boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
         return labels, boxes, scores
 
-    def forward(self, outputs: Dict[str, torch.Tensor], orig_target_sizes: torch.Tensor,
-                label_to_category: Optional[LabelMap] = None):
+    def forward(
+        self,
+        outputs: Dict[str, torch.Tensor],
+        orig_target_sizes: torch.Tensor,
+        label_to_category: Optional[LabelMap] = None,
+    ):
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if orig_target_sizes.shape != (boxes.shape[0], 2):
-            raise ValueError(f"RTDETRPostProcessor: orig_target_sizes must be [B, 2] (width, height) "
-                             f"for B={boxes.shape[0]}, got {tuple(orig_target_sizes.shape)}")
+            raise ValueError(
+                f"RTDETRPostProcessor: orig_target_sizes must be [B, 2] (width, height) "
+                f"for B={boxes.shape[0]}, got {tuple(orig_target_sizes.shape)}"
+            )
         scale = orig_target_sizes.to(boxes.dtype).repeat(1, 2)[:, None]  # [B, 1, 4] = (w, h, w, h)
         pixels = box_cxcywh_to_xyxy(boxes) * scale
         labels, pixels, scores = self._select(logits, pixels)
@@ -94,11 +112,15 @@ class RTDETRPostProcessor(nn.Module):
         if mapping is not None:
             table = _lookup_table(mapping, self.num_classes).to(labels.device)
             if labels.numel() and int(labels.max()) >= table.numel():
-                raise ValueError(f"RTDETRPostProcessor: label_to_category covers {table.numel()} "
-                                 f"labels but label {int(labels.max())} was predicted")
+                raise ValueError(
+                    f"RTDETRPostProcessor: label_to_category covers {table.numel()} "
+                    f"labels but label {int(labels.max())} was predicted"
+                )
             labels = table[labels]
 
-        return [{"labels": l, "boxes": b, "scores": s} for l, b, s in zip(labels, pixels, scores)]
+        return [
+            {"labels": lab, "boxes": b, "scores": s} for lab, b, s in zip(labels, pixels, scores)
+        ]
 
     def deploy(self) -> "RTDETRPostProcessor":
         self.eval()

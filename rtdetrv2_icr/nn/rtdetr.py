@@ -1,4 +1,5 @@
 """The RT-DETR detector: backbone -> hybrid encoder -> transformer decoder."""
+
 from typing import Dict, List, Optional
 
 import torch

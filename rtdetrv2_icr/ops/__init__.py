@@ -3,12 +3,35 @@
 `boxes`: format conversions, areas, pairwise and paired IoU / GIoU, containment, inverse_sigmoid.
 `cbbl_grid`: the C-BBL offset grid, the expectation over it and two-hot targets.
 """
-from .boxes import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, containment,
-                    enclosing_wh, generalized_box_iou, inverse_sigmoid, paired_box_iou,
-                    paired_generalized_box_iou, paired_intersection)
+
+from .boxes import (
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    containment,
+    enclosing_wh,
+    generalized_box_iou,
+    inverse_sigmoid,
+    paired_box_iou,
+    paired_generalized_box_iou,
+    paired_intersection,
+)
 from .cbbl_grid import cbbl_grid, expected_offset, two_hot
 
-__all__ = ["box_area", "box_cxcywh_to_xyxy", "box_iou", "box_xyxy_to_cxcywh", "containment",
-           "enclosing_wh", "generalized_box_iou", "inverse_sigmoid", "paired_box_iou",
-           "paired_generalized_box_iou", "paired_intersection", "cbbl_grid", "expected_offset",
-           "two_hot"]
+__all__ = [
+    "box_area",
+    "box_cxcywh_to_xyxy",
+    "box_iou",
+    "box_xyxy_to_cxcywh",
+    "containment",
+    "enclosing_wh",
+    "generalized_box_iou",
+    "inverse_sigmoid",
+    "paired_box_iou",
+    "paired_generalized_box_iou",
+    "paired_intersection",
+    "cbbl_grid",
+    "expected_offset",
+    "two_hot",
+]

@@ -11,6 +11,7 @@ zero-area or far-apart boxes give finite values and finite gradients. For ordina
     containment(child [...,4], parent [...,4]) -> [...]; broadcast for all pairs:
               containment(c[:, None], p[None]) -> [N,M]
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -19,9 +20,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_area", "box_iou", "generalized_box_iou",
-    "paired_intersection", "paired_box_iou", "paired_generalized_box_iou", "enclosing_wh",
-    "containment", "inverse_sigmoid",
+    "box_cxcywh_to_xyxy",
+    "box_xyxy_to_cxcywh",
+    "box_area",
+    "box_iou",
+    "generalized_box_iou",
+    "paired_intersection",
+    "paired_box_iou",
+    "paired_generalized_box_iou",
+    "enclosing_wh",
+    "containment",
+    "inverse_sigmoid",
 ]
 
 EPS = 1e-7
@@ -45,22 +54,24 @@ def box_area(xyxy: Tensor) -> Tensor:
 
 
 def inverse_sigmoid(p: Tensor, eps: float = 1e-5) -> Tensor:
-    """logit(p), with p clamped into [0, 1] and both p and 1 - p floored at ``eps`` (always finite)."""
+    """logit(p), with p clamped into [0, 1] and both p and 1 - p floored at ``eps`` (always
+    finite)."""
     p = p.clamp(0.0, 1.0)
     return torch.log(p.clamp(min=eps) / (1.0 - p).clamp(min=eps))
 
 
 # ---- pairwise (N x M) ---------------------------------------------------------------------
 
+
 def box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tuple[Tensor, Tensor]:
     """IoU of every box of ``a`` [N,4] with every box of ``b`` [M,4] (xyxy).
 
     Returns (iou [N,M], union [N,M]).
     """
-    lo = torch.max(a[:, None, :2], b[None, :, :2])          # [N,M,2] intersection top-left
-    hi = torch.min(a[:, None, 2:], b[None, :, 2:])          # [N,M,2] intersection bottom-right
+    lo = torch.max(a[:, None, :2], b[None, :, :2])  # [N,M,2] intersection top-left
+    hi = torch.min(a[:, None, 2:], b[None, :, 2:])  # [N,M,2] intersection bottom-right
     wh = (hi - lo).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]                          # [N,M]
+    inter = wh[..., 0] * wh[..., 1]  # [N,M]
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
     return inter / union.clamp(min=eps), union
 
@@ -71,11 +82,12 @@ def generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
     lo = torch.min(a[:, None, :2], b[None, :, :2])
     hi = torch.max(a[:, None, 2:], b[None, :, 2:])
     wh = (hi - lo).clamp(min=0)
-    hull = wh[..., 0] * wh[..., 1]                           # [N,M] smallest enclosing box
+    hull = wh[..., 0] * wh[..., 1]  # [N,M] smallest enclosing box
     return iou - (hull - union) / hull.clamp(min=eps)
 
 
 # ---- paired (element-wise) ------------------------------------------------------------------
+
 
 def paired_intersection(a: Tensor, b: Tensor) -> Tensor:
     """Area of a[i] ∩ b[i] for xyxy boxes [..., 4] -> [...]."""

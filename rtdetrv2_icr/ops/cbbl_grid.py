@@ -9,6 +9,7 @@ distribution over ``n+1`` fixed, increasing grid values ``y'_0 < ... < y'_n``:
 The model's distribution head (nn) and the C-BBL loss terms (loss) both use these functions.
 Every function works on any leading batch shape ``[..., n+1]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ import torch
 __all__ = ["cbbl_grid", "expected_offset", "two_hot"]
 
 
-def cbbl_grid(alpha: float = 4.0, num_bins: int = 17, beta: float = 1.0, device=None,
-              dtype=torch.float32) -> torch.Tensor:
+def cbbl_grid(
+    alpha: float = 4.0, num_bins: int = 17, beta: float = 1.0, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """The ``num_bins`` grid values ``y'`` (symmetric, increasing, ends at ±alpha)."""
     if num_bins < 2:
         raise ValueError(f"C-BBL needs at least 2 bins, got num_bins={num_bins}")
@@ -27,9 +29,9 @@ def cbbl_grid(alpha: float = 4.0, num_bins: int = 17, beta: float = 1.0, device=
         raise ValueError(f"C-BBL needs alpha > 0 and beta >= 0, got alpha={alpha}, beta={beta}")
     n = num_bins - 1
     i = torch.arange(num_bins, dtype=torch.float64)
-    u = alpha * (2.0 * i - n) / n        # = -α + 2α·i/n, written so that u_i == -u_{n-i} exactly
+    u = alpha * (2.0 * i - n) / n  # = -α + 2α·i/n, written so that u_i == -u_{n-i} exactly
     if beta == 0:
-        y = u                                          # the β → 0 limit is the uniform grid
+        y = u  # the β → 0 limit is the uniform grid
     else:
         y = torch.sign(u) * alpha * torch.expm1(beta * u.abs()) / math.expm1(alpha * beta)
     return y.to(device=device, dtype=dtype)
@@ -46,7 +48,7 @@ def two_hot(delta: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     delta: [...]  ->  p*: [..., n+1] with ``Σ p*_i y'_i == clamp(delta)``.
     """
     n = grid.numel() - 1
-    d = torch.minimum(torch.maximum(delta, grid[0]), grid[-1])        # no host sync
+    d = torch.minimum(torch.maximum(delta, grid[0]), grid[-1])  # no host sync
     # l with y'_l <= d < y'_{l+1}; d == y'_n falls in the last interval with weight 1 on y'_n
     left = (torch.searchsorted(grid, d.detach().contiguous(), right=True) - 1).clamp(0, n - 1)
     y_l, y_r = grid[left], grid[left + 1]

@@ -1,2 +1,3 @@
 """Backbones (registered on import)."""
-from .presnet import PResNet, PRETRAINED_URLS  # noqa: F401
+
+from .presnet import PRETRAINED_URLS, PResNet  # noqa: F401

@@ -4,11 +4,13 @@ Variants (as in the "Bag of Tricks" paper):
   a  stride of a bottleneck stage on its first 1x1 conv
   b  stride on the 3x3 conv (default torchvision layout)
   c  b + three-conv stem (32-32-64)
-  d  c + shortcut of a down-sampling block is avg-pool(2) then 1x1 conv instead of a strided 1x1 conv
+  d  c + shortcut of a down-sampling block is avg-pool(2) then 1x1 conv instead of a strided
+     1x1 conv
 
 Module names (``conv1.conv1_1``, ``res_layers.i.blocks.j.branch2a``, ``short``...) are the keys of
 the official ImageNet weights and of RT-DETRv2 checkpoints.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,20 +43,27 @@ def _shortcut(ch_in: int, ch_out: int, stride: int, variant: str) -> nn.Module:
     """Projection shortcut for the first block of a stage."""
     if variant == "d" and stride == 2:
         # avg-pool keeps all input positions instead of dropping 3 of 4 like a strided 1x1 conv
-        return nn.Sequential(OrderedDict([
-            ("pool", nn.AvgPool2d(2, 2, 0, ceil_mode=True)),
-            ("conv", ConvNormLayer(ch_in, ch_out, 1, 1)),
-        ]))
+        return nn.Sequential(
+            OrderedDict(
+                [
+                    ("pool", nn.AvgPool2d(2, 2, 0, ceil_mode=True)),
+                    ("conv", ConvNormLayer(ch_in, ch_out, 1, 1)),
+                ]
+            )
+        )
     return ConvNormLayer(ch_in, ch_out, 1, stride)
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs + residual (ResNet-18/34)."""
+
     expansion = 1
 
-    def __init__(self, ch_in: int, ch_out: int, stride: int, shortcut: bool, act="relu", variant="b"):
+    def __init__(
+        self, ch_in: int, ch_out: int, stride: int, shortcut: bool, act="relu", variant="b"
+    ):
         super().__init__()
-        self.shortcut = shortcut          # True: identity residual
+        self.shortcut = shortcut  # True: identity residual
         if not shortcut:
             self.short = _shortcut(ch_in, ch_out, stride, variant)
         self.branch2a = ConvNormLayer(ch_in, ch_out, 3, stride, act=act)
@@ -68,9 +77,12 @@ class BasicBlock(nn.Module):
 
 class BottleNeck(nn.Module):
     """1x1 reduce -> 3x3 -> 1x1 expand (x4) + residual (ResNet-50/101)."""
+
     expansion = 4
 
-    def __init__(self, ch_in: int, ch_out: int, stride: int, shortcut: bool, act="relu", variant="b"):
+    def __init__(
+        self, ch_in: int, ch_out: int, stride: int, shortcut: bool, act="relu", variant="b"
+    ):
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if variant == "a" else (1, stride)
         width = ch_out
@@ -88,16 +100,26 @@ class BottleNeck(nn.Module):
 
 
 class Blocks(nn.Module):
-    """One ResNet stage: ``count`` blocks, the first one changes width (and stride except in stage 2)."""
+    """One ResNet stage: ``count`` blocks, the first one changes width (and stride, except in
+    stage 2)."""
 
-    def __init__(self, block, ch_in: int, ch_out: int, count: int, stage_num: int, act="relu", variant="b"):
+    def __init__(
+        self, block, ch_in: int, ch_out: int, count: int, stage_num: int, act="relu", variant="b"
+    ):
         super().__init__()
         self.blocks = nn.ModuleList()
         for i in range(count):
             first = i == 0
-            self.blocks.append(block(ch_in, ch_out,
-                                     stride=2 if first and stage_num != 2 else 1,
-                                     shortcut=not first, act=act, variant=variant))
+            self.blocks.append(
+                block(
+                    ch_in,
+                    ch_out,
+                    stride=2 if first and stage_num != 2 else 1,
+                    shortcut=not first,
+                    act=act,
+                    variant=variant,
+                )
+            )
             ch_in = ch_out * block.expansion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,21 +130,27 @@ class Blocks(nn.Module):
 
 def load_pretrained_state(pretrained: Union[bool, str], depth: int) -> dict:
     """State dict for ``pretrained``: True (official URL of ``depth``), a URL, or a local file."""
-    if pretrained is True or (isinstance(pretrained, str) and pretrained.startswith(("http://", "https://"))):
+    if pretrained is True or (
+        isinstance(pretrained, str) and pretrained.startswith(("http://", "https://"))
+    ):
         url = PRETRAINED_URLS[depth] if pretrained is True else pretrained
         try:
             return torch.hub.load_state_dict_from_url(url, map_location="cpu")
         except Exception as e:  # offline, DNS, HTTP error, truncated download ...
             raise RuntimeError(
-                f"PResNet{depth}: could not download pretrained weights from {url} ({type(e).__name__}: {e}). "
-                f"Download the file yourself and set `pretrained: /path/to/{os.path.basename(url)}` "
-                f"(or pretrained: False)") from e
+                f"PResNet{depth}: could not download pretrained weights from {url} "
+                f"({type(e).__name__}: {e}). Download the file yourself and set "
+                f"`pretrained: /path/to/{os.path.basename(url)}` "
+                f"(or pretrained: False)"
+            ) from e
     path = os.fspath(pretrained)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"PResNet{depth}: pretrained weights file not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise RuntimeError(f"PResNet{depth}: {path} does not hold a state_dict (got {type(state).__name__})")
+        raise RuntimeError(
+            f"PResNet{depth}: {path} does not hold a state_dict (got {type(state).__name__})"
+        )
     return state
 
 
@@ -137,9 +165,17 @@ class PResNet(nn.Module):
     BatchNorm2d into FrozenBatchNorm2d; pretrained = False | True | URL | local path.
     """
 
-    def __init__(self, depth: int, variant: str = "d", num_stages: int = 4,
-                 return_idx: Sequence[int] = (0, 1, 2, 3), act="relu", freeze_at: int = -1,
-                 freeze_norm: bool = True, pretrained: Union[bool, str] = False):
+    def __init__(
+        self,
+        depth: int,
+        variant: str = "d",
+        num_stages: int = 4,
+        return_idx: Sequence[int] = (0, 1, 2, 3),
+        act="relu",
+        freeze_at: int = -1,
+        freeze_norm: bool = True,
+        pretrained: Union[bool, str] = False,
+    ):
         super().__init__()
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"PResNet: depth must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
@@ -149,18 +185,26 @@ class PResNet(nn.Module):
             raise ValueError(f"PResNet: num_stages must be in 1..4, got {num_stages}")
         return_idx = list(return_idx)
         if any(not 0 <= i < num_stages for i in return_idx):
-            raise ValueError(f"PResNet: return_idx {return_idx} out of range for num_stages={num_stages}")
+            raise ValueError(
+                f"PResNet: return_idx {return_idx} out of range for num_stages={num_stages}"
+            )
 
         # stem, stride 2 (then a stride-2 max-pool in forward)
         stem_width = 64
         if variant in ("c", "d"):
-            stem = [("conv1_1", 3, stem_width // 2, 3, 2),
-                    ("conv1_2", stem_width // 2, stem_width // 2, 3, 1),
-                    ("conv1_3", stem_width // 2, stem_width, 3, 1)]
+            stem = [
+                ("conv1_1", 3, stem_width // 2, 3, 2),
+                ("conv1_2", stem_width // 2, stem_width // 2, 3, 1),
+                ("conv1_3", stem_width // 2, stem_width, 3, 1),
+            ]
         else:
             stem = [("conv1_1", 3, stem_width, 7, 2)]
-        self.conv1 = nn.Sequential(OrderedDict(
-            (name, ConvNormLayer(c_in, c_out, k, s, act=act)) for name, c_in, c_out, k, s in stem))
+        self.conv1 = nn.Sequential(
+            OrderedDict(
+                (name, ConvNormLayer(c_in, c_out, k, s, act=act))
+                for name, c_in, c_out, k, s in stem
+            )
+        )
 
         block = BottleNeck if depth >= 50 else BasicBlock
         widths = [64, 128, 256, 512]
@@ -170,8 +214,17 @@ class PResNet(nn.Module):
         self.res_layers = nn.ModuleList()
         ch_in = stem_width
         for i in range(num_stages):
-            self.res_layers.append(Blocks(block, ch_in, widths[i], STAGE_DEPTHS[depth][i],
-                                          stage_num=i + 2, act=act, variant=variant))
+            self.res_layers.append(
+                Blocks(
+                    block,
+                    ch_in,
+                    widths[i],
+                    STAGE_DEPTHS[depth][i],
+                    stage_num=i + 2,
+                    act=act,
+                    variant=variant,
+                )
+            )
             ch_in = stage_channels[i]
 
         self.depth = depth
@@ -180,7 +233,7 @@ class PResNet(nn.Module):
         self.out_strides = [stage_strides[i] for i in return_idx]
 
         if freeze_at >= 0:
-            frozen = [self.conv1] + list(self.res_layers[:min(freeze_at, num_stages)])
+            frozen = [self.conv1] + list(self.res_layers[: min(freeze_at, num_stages)])
             for m in frozen:
                 m.requires_grad_(False)
         if freeze_norm:
@@ -190,15 +243,17 @@ class PResNet(nn.Module):
             try:
                 self.load_state_dict(state)
             except RuntimeError as e:
-                raise RuntimeError(f"PResNet{depth}: pretrained weights {pretrained!r} do not match "
-                                   f"this backbone: {e}") from e
+                raise RuntimeError(
+                    f"PResNet{depth}: pretrained weights {pretrained!r} do not match "
+                    f"this backbone: {e}"
+                ) from e
             print(f"PResNet{depth}: loaded pretrained weights")
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)   # [B, 64, H/4, W/4]
+        x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)  # [B, 64, H/4, W/4]
         outs = []
         for i, stage in enumerate(self.res_layers):
             x = stage(x)
             if i in self.return_idx:
-                outs.append(x)                                                 # [B, C_i, H/2^(i+2), W/2^(i+2)]
+                outs.append(x)  # [B, C_i, H/2^(i+2), W/2^(i+2)]
         return outs
