@@ -70,14 +70,89 @@ def test_containment_values():
 
 
 def test_factor_modes():
-    c = torch.tensor([1.0, 0.5, 0.0])
-    assert torch.allclose(icr_factor(c, LAM, "scale"), torch.tensor([1.0, 1 + LAM / 2, 1 + LAM]))
-    assert torch.equal(icr_factor(c, LAM, "binary"), torch.tensor([1.0, 1 + LAM, 1 + LAM]))
+    s = torch.tensor([0.0, 0.5, 1.0])  # shortfall max(0, C_ref - C)
+    assert torch.allclose(icr_factor(s, LAM, "scale"), torch.tensor([1.0, 1 + LAM / 2, 1 + LAM]))
+    assert torch.equal(icr_factor(s, LAM, "binary"), torch.tensor([1.0, 1 + LAM, 1 + LAM]))
     assert torch.equal(
-        icr_factor(torch.tensor([0.99]), LAM, "binary", tol=0.05), torch.tensor([1.0])
+        icr_factor(torch.tensor([0.01]), LAM, "binary", tol=0.05), torch.tensor([1.0])
     )
     with pytest.raises(ValueError, match="mode"):
-        icr_factor(c, LAM, "mul")
+        icr_factor(s, LAM, "mul")
+
+
+def test_containment_is_exact_for_tiny_boxes_and_defined_at_zero_area():
+    v = torch.tensor([0.0, 0.0, 0.5, 0.5])
+    half_out = torch.tensor([0.5 - 0.5e-4, 0.2, 0.5 + 0.5e-4, 0.2 + 1e-4], dtype=torch.float64)
+    assert containment(half_out, v.double()).item() == pytest.approx(0.5, abs=1e-9)
+    inside = torch.tensor([0.1, 0.1, 0.1 + 1e-6, 0.1 + 1e-6])  # area 1e-12
+    assert containment(inside, v).item() == 1.0
+    assert containment(torch.tensor([0.2, 0.1, 0.2, 0.3]), v).item() == 1.0  # zero width, centre in
+    assert containment(torch.tensor([0.7, 0.1, 0.7, 0.3]), v).item() == 0.0  # zero width, outside
+    assert containment(torch.tensor([0.4, 0.4, 0.4, 0.4]), v).item() == 1.0  # a point inside
+    box = torch.tensor([0.45, 0.1, 0.55, 0.3], requires_grad=True)  # half outside in x
+    c = containment(box, v)
+    c.backward()
+    assert c.item() == pytest.approx(0.5) and torch.isfinite(box.grad).all()
+    assert box.grad[0] < 0 and box.grad[2] < 0  # moving left brings it further inside
+
+
+LOOSE_VEHICLE = [0.5, 0.5, 0.4, 0.4]  # xyxy [0.3, 0.3, 0.7, 0.7]
+LOOSE_PLATE = [0.70, 0.6, 0.1, 0.04]  # ground truth half outside its vehicle
+
+
+def loose_scene(pred):
+    tg = [
+        {
+            "labels": torch.tensor([0, 1]),
+            "boxes": torch.tensor([LOOSE_PLATE, LOOSE_VEHICLE]),
+            "parent_idx": torch.tensor([1, -1]),
+        }
+    ]
+    out = {
+        "pred_logits": torch.tensor([[[3.0, -3.0], [-3.0, 3.0]]], requires_grad=True),
+        "pred_boxes": torch.tensor([[pred, LOOSE_VEHICLE]], requires_grad=True),
+    }
+    return out, tg
+
+
+@pytest.mark.parametrize("mode", ["scale", "binary", "add"])
+def test_perfect_prediction_of_a_loose_pair_is_not_penalised(mode):
+    out, tg = loose_scene(LOOSE_PLATE)  # prediction == ground truth, C = 0.5
+    base = make_crit()(out, tg)
+    crit = make_crit({"enabled": True, "lambda": LAM, "mode": mode})  # reference: gt (default)
+    pen = crit(out, tg)
+    assert all(torch.equal(base[k], pen[k]) for k in base)
+    assert crit.last_icr_stats["icr_factor_mean"].item() == 1.0
+    assert crit.last_icr_stats["icr_containment_mean"].item() == pytest.approx(0.5)
+    g_base = box_grad(make_crit(), out, tg)
+    g_icr = box_grad(crit, out, tg)
+    assert torch.equal(g_base, g_icr)  # no gradient from ICR at s = 0
+    # the literal form (reference: one) penalises the same perfect prediction
+    lit = make_crit({"enabled": True, "lambda": LAM, "mode": mode, "reference": "one"})
+    lit(out, tg)
+    want = 1 + LAM if mode == "binary" else 1 + LAM * 0.5
+    assert lit.last_icr_stats["icr_factor_mean"].item() == pytest.approx(want)
+
+
+def test_loose_pair_penalises_only_what_strays_beyond_the_ground_truth():
+    further_out = [0.74, 0.6, 0.1, 0.04]  # C = 0.1 < C_ref = 0.5: s = 0.4
+    out, tg = loose_scene(further_out)
+    base = make_crit()(out, tg)
+    crit = make_crit({"enabled": True, "lambda": LAM, "mode": "scale"})
+    pen = crit(out, tg)
+    l1, giou = plate_terms(out, [dict(tg[0], boxes=torch.tensor([LOOSE_PLATE, LOOSE_VEHICLE]))])
+    assert crit.last_icr_stats["icr_factor_mean"].item() == pytest.approx(1 + LAM * 0.4, rel=1e-5)
+    assert (pen["loss_bbox"] - base["loss_bbox"]).item() == pytest.approx(
+        5 * LAM * 0.4 * l1 / 2, rel=1e-4
+    )
+    further_in = [0.66, 0.6, 0.1, 0.04]  # C = 0.9 > C_ref: s = 0, factor 1
+    out, tg = loose_scene(further_in)
+    assert all(
+        torch.equal(make_crit()(out, tg)[k], v)
+        for k, v in make_crit({"enabled": True, "lambda": LAM})(out, tg).items()
+    )
+    with pytest.raises(ValueError, match="reference"):
+        make_crit({"enabled": True, "reference": "vehicle"})
 
 
 def test_plate_inside_vehicle_gives_factor_one_and_baseline_loss():

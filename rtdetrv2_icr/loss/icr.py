@@ -1,7 +1,9 @@
-"""Inter-class relational (ICR) penalty (docs/losses.md): a matched prediction b̂ of a child (a
-plate) with parent ground truth V (its vehicle) is scored by C = area(b̂ ∩ V) / area(b̂). Modes:
-scale L_j <- (1 + λ(1 - C))·L_j for j in terms; binary L_j <- (1 + λ[C < 1 - tol])·L_j (no
-gradient through C); add L_iou <- L_iou + λ(1 - C). Other pairs are left exactly as they were.
+"""Inter-class relational (ICR) penalty (docs/losses.md). A matched prediction b̂ of a child (a
+plate) with parent ground truth V (its vehicle) is scored by its containment C = area(b̂ ∩ V) /
+area(b̂), against the ground truth's own C_ref (``reference: gt``; 1 with ``reference: one``),
+through the shortfall s = max(0, C_ref - C). Modes: scale L_j <- (1 + λs)·L_j for j in terms;
+binary L_j <- (1 + λ[s > tol])·L_j (no gradient through C); add L_iou <- L_iou + λs. A perfect
+prediction has s = 0: factor 1, no ICR gradient. Other pairs are left exactly as they were.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from ..core.relations import parent_of_list, resolve_relations
 from ..core.settings import settings_from
 from ..ops.boxes import box_cxcywh_to_xyxy, containment
 
-__all__ = ["ICRSettings", "ICRPenalty", "ICRTargets", "icr_factor", "MODES", "STAGES", "BOX_TERMS"]
+__all__ = ["ICRSettings", "ICRPenalty", "ICRTargets", "icr_factor", "MODES", "STAGES"]
 
+WHERE = "RTDETRCriterionv2.icr"
 MODES = ("scale", "binary", "add")
 STAGES = ("final", "aux", "enc", "dn")
-BOX_TERMS = ("iou", "l1", "cbbl_ce", "cbbl_um")
+STAT_NAMES = ("icr_num_child", "icr_factor_mean", "icr_outside_frac", "icr_containment_mean")
+CHOICES = {
+    "mode": MODES,
+    "reference": ("gt", "one"),
+    "apply_to": STAGES,
+    "terms": ("iou", "l1", "cbbl_ce", "cbbl_um"),
+}
 
 
 @dataclass(frozen=True)
@@ -32,40 +41,37 @@ class ICRSettings:
     enabled: bool = True
     lam: float = field(default=2.5, metadata={"key": "lambda"})
     mode: str = "scale"
+    reference: str = "gt"
     terms: Tuple[str, ...] = ("iou", "l1")
     detach: bool = False
     tol: float = 1e-6
     apply_to: Tuple[str, ...] = STAGES
     relations: Optional[List[dict]] = None
-    eps: float = 1e-7
 
     def __post_init__(self):
-        checks = {
-            "terms": (self.terms, BOX_TERMS),
-            "mode": ([self.mode], MODES),
-            "apply_to": (self.apply_to, STAGES),
-        }
-        for key, (values, known) in checks.items():
-            bad = [v for v in values if v not in known]
+        for key, known in CHOICES.items():
+            value = getattr(self, key)
+            bad = [v for v in ([value] if isinstance(value, str) else value) if v not in known]
             if bad:
-                raise ValueError(f"RTDETRCriterionv2.icr.{key}: unknown {bad}; choose from {known}")
+                raise ValueError(f"{WHERE}.{key}: unknown {bad}; choose from {known}")
         if self.lam < 0:
-            raise ValueError(f"RTDETRCriterionv2.icr.lambda must be >= 0, got {self.lam}")
+            raise ValueError(f"{WHERE}.lambda must be >= 0, got {self.lam}")
 
 
-def icr_factor(c: Tensor, lam: float, mode: str = "scale", tol: float = 1e-6) -> Tensor:
-    """Multiplicative factor of a child's box terms from its containment c (modes scale, binary).
-    For mode 'add' this is 1 + the amount added to the IoU-family term."""
+def icr_factor(shortfall: Tensor, lam: float, mode: str = "scale", tol: float = 1e-6) -> Tensor:
+    """Factor of a child's box terms from its shortfall s = max(0, C_ref - C): 1 + λs (scale),
+    1 + λ[s > tol] (binary, no gradient); for mode 'add', 1 + the amount added to L_iou."""
     if mode == "binary":
-        return 1 + lam * (c.detach() < 1 - tol).to(c.dtype)
+        return 1 + lam * (shortfall.detach() > tol).to(shortfall.dtype)
     if mode in ("scale", "add"):
-        return 1 + lam * (1 - c)
+        return 1 + lam * shortfall
     raise ValueError(f"ICR mode must be one of {MODES}, got {mode!r}")
 
 
 class ICRTargets(NamedTuple):
     is_child: Tensor  # [ΣT] bool: a child with a parent of the right class
     parent_xyxy: Tensor  # [ΣT, 4] that parent's box (meaningless where is_child is False)
+    reference: Tensor  # [ΣT] C_ref: the ground truth's containment in its parent, or 1
 
 
 class ICRPenalty:
@@ -82,15 +88,11 @@ class ICRPenalty:
     def from_config(cls, cfg: Optional[dict], class_names=None, relations=None, num_classes=0):
         """``cfg`` is the ``icr`` section: None is off, a section without ``enabled`` is on;
         ``relations`` and ``class_names`` are the shared top-level keys."""
-        s = settings_from(ICRSettings, cfg, "RTDETRCriterionv2.icr", enabled=cfg is not None)
+        s = settings_from(ICRSettings, cfg, WHERE, enabled=cfg is not None)
         rel = s.relations if s.relations is not None else relations
         if s.enabled and not rel:
-            warnings.warn(
-                "RTDETRCriterionv2.icr is enabled but no relations are configured "
-                "(icr.relations or top-level relations): the loss is the baseline",
-                stacklevel=2,
-            )
-        resolved = resolve_relations(rel, class_names, "RTDETRCriterionv2.icr") if s.enabled else {}
+            warnings.warn(f"{WHERE}: no relations (icr.relations or top-level)", stacklevel=2)
+        resolved = resolve_relations(rel, class_names, WHERE) if s.enabled else {}
         return cls(s, resolved, num_classes)
 
     @property
@@ -98,13 +100,17 @@ class ICRPenalty:
         return self.settings.enabled and bool(self.relations)
 
     def prepare(self, labels: Tensor, boxes: Tensor, parent_row: Tensor) -> ICRTargets:
-        """Child flags and parent boxes of the batch's targets: labels [ΣT], boxes [ΣT,4] cxcywh,
-        parent_row [ΣT] (row of each target's parent in the batch, or -1)."""
+        """Child flags, parent boxes and reference containments of the batch's targets: labels
+        [ΣT], boxes [ΣT,4] cxcywh, parent_row [ΣT] (row of each target's parent, or -1)."""
         self._parent_class = self._parent_class.to(labels.device)
         want = self._parent_class[labels]  # parent class, -1 if none
         gp = parent_row.clamp(min=0)  # any row where none
         is_child = (parent_row >= 0) & (want >= 0) & (labels[gp] == want)
-        return ICRTargets(is_child, box_cxcywh_to_xyxy(boxes[gp]))
+        parent = box_cxcywh_to_xyxy(boxes[gp])
+        ref = containment(box_cxcywh_to_xyxy(boxes), parent)
+        return ICRTargets(
+            is_child, parent, ref if self.settings.reference == "gt" else torch.ones_like(ref)
+        )
 
     def __call__(self, terms, pred_boxes, flat_tgt, prep: ICRTargets, apply=None, record=None):
         """Penalise per-box terms {name: [M]}: pred_boxes [M,4] cxcywh; flat_tgt [M] index into
@@ -112,10 +118,11 @@ class ICRPenalty:
         ``record`` pairs (the final layer's) are kept for ``stats()``."""
         s = self.settings
         is_child = prep.is_child[flat_tgt]  # [M]
-        c = containment(box_cxcywh_to_xyxy(pred_boxes), prep.parent_xyxy[flat_tgt], s.eps)
+        c = containment(box_cxcywh_to_xyxy(pred_boxes), prep.parent_xyxy[flat_tgt])
         if s.detach:
             c = c.detach()
-        factor = icr_factor(c, s.lam, s.mode, s.tol)  # [M]
+        shortfall = torch.relu(prep.reference[flat_tgt] - c)  # relu: no gradient at s = 0
+        factor = icr_factor(shortfall, s.lam, s.mode, s.tol)  # [M]
         if record is not None:
             self._last = (c[:record].detach(), factor[:record].detach(), is_child[:record])
         hit = is_child if apply is None else is_child & apply
@@ -139,9 +146,5 @@ class ICRPenalty:
         n = child.sum()
         w = child.to(c.dtype) / n.clamp(min=1)
         outside = (c < 1 - self.settings.tol).to(c.dtype)
-        return {
-            "icr_num_child": n,
-            "icr_factor_mean": 1 + ((factor - 1) * w).sum(),
-            "icr_outside_frac": (outside * w).sum(),
-            "icr_containment_mean": 1 - ((1 - c) * w).sum(),
-        }
+        values = (n, 1 + ((factor - 1) * w).sum(), (outside * w).sum(), 1 - ((1 - c) * w).sum())
+        return dict(zip(STAT_NAMES, values))

@@ -118,14 +118,21 @@ def paired_generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor
     return iou - (hull - union) / hull.clamp(min=eps)
 
 
-def containment(child: Tensor, parent: Tensor, eps: float = EPS) -> Tensor:
+def containment(child: Tensor, parent: Tensor) -> Tensor:
     """Share of each child box inside its parent box, area(child ∩ parent) / area(child).
 
-    child, parent: xyxy [..., 4] (broadcast) -> [...] in [0, 1]. A child inside its parent gives
-    exactly 1 (intersection and area are the same products). The ICR penalty scores a predicted
-    plate with it; the data side pairs annotations and checks links with it.
+    child, parent: xyxy [..., 4] (broadcast) -> [...] in [0, 1]. Computed per axis, as
+    (overlap_w / w) · (overlap_h / h), so it is exact for boxes of any positive size (a box inside
+    its parent gives exactly 1) and its gradient stays finite. A box with a zero side (below the
+    smallest normal float) has no area: it counts as inside (1) when its centre lies in the
+    parent, else 0, with no gradient. The ICR penalty scores a predicted plate with it; the data
+    side pairs annotations and checks links with it.
     """
     lo, hi = child[..., :2], child[..., 2:]
-    inter = (torch.min(hi, parent[..., 2:]) - torch.max(lo, parent[..., :2])).clamp(min=0)
-    area = (hi - lo).clamp(min=0)
-    return inter.prod(-1) / area.prod(-1).clamp(min=eps)
+    size = (hi - lo).clamp(min=0)  # [..., 2]
+    overlap = (torch.min(hi, parent[..., 2:]) - torch.max(lo, parent[..., :2])).clamp(min=0)
+    positive = size >= torch.finfo(size.dtype).tiny
+    ratio = (overlap / torch.where(positive, size, torch.ones_like(size))).prod(-1)
+    centre = (lo + hi) / 2
+    centre_in = ((centre >= parent[..., :2]) & (centre <= parent[..., 2:])).all(-1)
+    return torch.where(positive.all(-1), ratio, centre_in.to(ratio.dtype))
