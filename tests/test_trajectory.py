@@ -3,6 +3,7 @@
 Nothing here asserts which loss or ICR variant converges better; only that the runs are well
 formed and that ICR reduces exactly to the base loss where it must.
 """
+
 import importlib.util
 import json
 import math
@@ -14,17 +15,31 @@ import torch
 
 from rtdetrv2_icr.analysis.distortion import cbbl_curves, iou_family_curves
 from rtdetrv2_icr.analysis.summary import compare, group_table, summarise
-from rtdetrv2_icr.analysis.trajectory import (LOSSES, Scene, SimConfig, Variant, all_variants,
-                                              default_scene, simulate, simulate_all)
+from rtdetrv2_icr.analysis.trajectory import (
+    LOSSES,
+    Scene,
+    SimConfig,
+    Variant,
+    all_variants,
+    default_scene,
+    simulate,
+    simulate_all,
+)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-TINY = dict(grid=2, plate_aspects=(2, 5), plate_areas=(0.5,), start_areas=(0.5, 2.0),
-            start_aspects=(1.0, 4.0))
+TINY = dict(
+    grid=2,
+    plate_aspects=(2, 5),
+    plate_areas=(0.5,),
+    start_areas=(0.5, 2.0),
+    start_aspects=(1.0, 4.0),
+)
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("trajectory_tool",
-                                                  os.path.join(ROOT, "tools", "trajectory.py"))
+    spec = importlib.util.spec_from_file_location(
+        "trajectory_tool", os.path.join(ROOT, "tools", "trajectory.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -33,11 +48,31 @@ def load_tool():
 def test_reduced_run_writes_outputs(tmp_path):
     tool = load_tool()
     out = tmp_path / "traj"
-    argv = ["--out", str(out), "--grid", "2", "--iters", "6", "--losses", "giou,nwd",
-            "--traj-losses", "giou", "--every", "2", "--threads", str(torch.get_num_threads())]
+    argv = [
+        "--out",
+        str(out),
+        "--grid",
+        "2",
+        "--iters",
+        "6",
+        "--losses",
+        "giou,nwd",
+        "--traj-losses",
+        "giou",
+        "--every",
+        "2",
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     tool.main(argv)
-    for name in ("error_curves.png", "inside_curves.png", "trajectories_giou.png",
-                 "gradient_distortion.png", "table.md", "summary.json"):
+    for name in (
+        "error_curves.png",
+        "inside_curves.png",
+        "trajectories_giou.png",
+        "gradient_distortion.png",
+        "table.md",
+        "summary.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     table = (out / "table.md").read_text()
     assert table.startswith("Command: `python tools/trajectory.py --out ")
@@ -77,8 +112,13 @@ def test_icr_equals_base_when_every_box_is_inside(loss):
     gradient through C, dC/dB inside the vehicle is zero only up to rounding (the containment's
     quotient rule gives 1/area - area/area^2), so that trajectory matches to ~1 ulp."""
     small = default_scene(**TINY)
-    scene = Scene(vehicle=torch.tensor([10.0, 10.0, 200.0, 200.0]), starts=small.starts,
-                  targets=small.targets, target_id=small.target_id, start_id=small.start_id)
+    scene = Scene(
+        vehicle=torch.tensor([10.0, 10.0, 200.0, 200.0]),
+        starts=small.starts,
+        targets=small.targets,
+        target_id=small.target_id,
+        start_id=small.start_id,
+    )
     cfg = SimConfig(iters=15)
     base, *icr = simulate(scene, [Variant(loss)] + _icr_variants(loss), cfg, keep_boxes=True)
     assert bool(base.start_inside.all()) and float(base.inside_share.min()) == 1.0
@@ -95,7 +135,7 @@ def test_lambda_zero_equals_base(loss):
     scene = default_scene(**TINY)
     cfg = SimConfig(iters=15, lam=0.0)
     base, *icr = simulate(scene, [Variant(loss)] + _icr_variants(loss), cfg, keep_boxes=True)
-    assert not bool(base.start_inside.all())                # some starts are outside
+    assert not bool(base.start_inside.all())  # some starts are outside
     for r in icr:
         assert torch.equal(r.boxes, base.boxes), r.variant.name
 
@@ -106,8 +146,16 @@ def test_icr_changes_outside_starts_and_binary_has_no_gradient_through_c():
     scene = default_scene(**TINY)
     cfg = SimConfig(iters=10)
     base, scale, binary, binary_det = simulate(
-        scene, [Variant("giou"), Variant("giou", "scale"), Variant("giou", "binary"),
-                Variant("giou", "binary", True)], cfg, keep_boxes=True)
+        scene,
+        [
+            Variant("giou"),
+            Variant("giou", "scale"),
+            Variant("giou", "binary"),
+            Variant("giou", "binary", True),
+        ],
+        cfg,
+        keep_boxes=True,
+    )
     assert not torch.equal(scale.boxes, base.boxes)
     assert torch.equal(binary.boxes, binary_det.boxes)
     inside = base.start_inside
@@ -120,13 +168,19 @@ def test_icr_changes_outside_starts_and_binary_has_no_gradient_through_c():
 def test_update_rule_one_step():
     """B_1 = B_0 - eta (2 - IoU) dL/dB for plain IoU on one hand-checkable case."""
     from rtdetrv2_icr.loss.iou import iou_family_loss
+
     target = torch.tensor([[0.0, 0.0, 2.0, 1.0]])
-    start = torch.tensor([[0.5, 0.0, 2.0, 1.0]])               # IoU = 1.5 / 2.5 = 0.6
-    scene = Scene(vehicle=torch.tensor([0.0, 0.0, 10.0, 10.0]), starts=start, targets=target,
-                  target_id=torch.zeros(1, dtype=torch.long), start_id=torch.zeros(1))
-    r, = simulate(scene, [Variant("iou")], SimConfig(iters=1), keep_boxes=True)
+    start = torch.tensor([[0.5, 0.0, 2.0, 1.0]])  # IoU = 1.5 / 2.5 = 0.6
+    scene = Scene(
+        vehicle=torch.tensor([0.0, 0.0, 10.0, 10.0]),
+        starts=start,
+        targets=target,
+        target_id=torch.zeros(1, dtype=torch.long),
+        start_id=torch.zeros(1),
+    )
+    (r,) = simulate(scene, [Variant("iou")], SimConfig(iters=1), keep_boxes=True)
     b = start.clone().requires_grad_(True)
-    g, = torch.autograd.grad(iou_family_loss(b, target, "iou").sum(), b)
+    (g,) = torch.autograd.grad(iou_family_loss(b, target, "iou").sum(), b)
     expected = start - 0.1 * (2 - 0.6) * g
     assert torch.allclose(r.boxes[1], expected, atol=1e-6)
     assert r.start_iou.item() == pytest.approx(0.6)
@@ -154,5 +208,5 @@ def test_distortion_curves():
         assert np.allclose(grad[1:4], 2 * w / (w + d) ** 2, atol=1e-9)
     cb = cbbl_curves(offsets)
     assert all(np.isfinite(v).all() for v in cb.values())
-    assert np.all(np.diff(cb["loss"]) > 0)                  # CE grows with the offset here
+    assert np.all(np.diff(cb["loss"]) > 0)  # CE grows with the offset here
     assert np.all(cb["grad_logits"] <= math.sqrt(2) + 1e-9)

@@ -9,6 +9,7 @@ figure. CPU only, no dataset; the default run takes well under a minute.
 Writes to --out: error_curves.png, inside_curves.png, trajectories_<loss>.png,
 gradient_distortion.png, table.md (also printed) and summary.json (the table's numbers).
 """
+
 import argparse
 import json
 import os
@@ -22,12 +23,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rtdetrv2_icr.analysis.distortion import cbbl_curves, iou_family_curves  # noqa: E402
-from rtdetrv2_icr.analysis.figures import (plot_distortion, plot_error_curves,  # noqa: E402
-                                           plot_inside_curves, plot_trajectories)
+from rtdetrv2_icr.analysis.figures import (
+    plot_distortion,
+    plot_error_curves,  # noqa: E402
+    plot_inside_curves,
+    plot_trajectories,
+)
 from rtdetrv2_icr.analysis.summary import group_table, markdown_table, summarise  # noqa: E402
-from rtdetrv2_icr.analysis.trajectory import (LOSSES, SimConfig, Variant,  # noqa: E402
-                                              all_variants, default_scene, simulate_all,
-                                              track_scene)
+from rtdetrv2_icr.analysis.trajectory import (
+    LOSSES,
+    SimConfig,
+    Variant,  # noqa: E402
+    all_variants,
+    default_scene,
+    simulate_all,
+    track_scene,
+)
 
 
 def _round(x, digits=5):
@@ -39,25 +50,40 @@ def _list(text):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="docs/figures/trajectory", help="output directory")
     ap.add_argument("--losses", default=",".join(LOSSES), help="base IoU-family losses")
     ap.add_argument("--modes", default="scale,binary", help="ICR modes besides 'none'")
-    ap.add_argument("--no-control", action="store_true",
-                    help="leave out the control 'no ICR, eta x (1 + lambda)'")
+    ap.add_argument(
+        "--no-control",
+        action="store_true",
+        help="leave out the control 'no ICR, eta x (1 + lambda)'",
+    )
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--eta", type=float, default=0.1)
     ap.add_argument("--lam", type=float, default=2.5, help="ICR lambda")
     ap.add_argument("--grid", type=int, default=10, help="start centres per axis")
-    ap.add_argument("--span", type=float, default=1.5,
-                    help="start centres cover the vehicle box scaled by this about its centre")
+    ap.add_argument(
+        "--span",
+        type=float,
+        default=1.5,
+        help="start centres cover the vehicle box scaled by this about its centre",
+    )
     ap.add_argument("--nwd-constant", type=float, default=1.0, help="NWD C, in scene units")
     ap.add_argument("--min-size", type=float, default=0.01, help="w, h clamp after each step")
-    ap.add_argument("--inside", type=float, default=0.99,
-                    help="a box is inside the vehicle when its containment C >= this")
-    ap.add_argument("--traj-losses", default="giou,inner_siou",
-                    help="losses with a trajectory figure ('' for none)")
+    ap.add_argument(
+        "--inside",
+        type=float,
+        default=0.99,
+        help="a box is inside the vehicle when its containment C >= this",
+    )
+    ap.add_argument(
+        "--traj-losses",
+        default="giou,inner_siou",
+        help="losses with a trajectory figure ('' for none)",
+    )
     ap.add_argument("--every", type=int, default=5, help="draw every k-th box in trajectories")
     ap.add_argument("--no-distortion", action="store_true", help="skip the distortion figure")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -68,12 +94,17 @@ def run(args, command: str) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
-    cfg = SimConfig(iters=args.iters, eta=args.eta, lam=args.lam, nwd_constant=args.nwd_constant,
-                    min_size=args.min_size, inside_threshold=args.inside)
+    cfg = SimConfig(
+        iters=args.iters,
+        eta=args.eta,
+        lam=args.lam,
+        nwd_constant=args.nwd_constant,
+        min_size=args.min_size,
+        inside_threshold=args.inside,
+    )
     losses = _list(args.losses)
     modes = _list(args.modes)
-    variants = all_variants(losses, modes,
-                            control_step=None if args.no_control else 1 + args.lam)
+    variants = all_variants(losses, modes, control_step=None if args.no_control else 1 + args.lam)
     scene = default_scene(grid=args.grid, span=args.span)
     results = simulate_all(scene, variants, cfg)
     rows = [summarise(r, cfg) for r in results]
@@ -83,16 +114,19 @@ def run(args, command: str) -> dict:
     plot_inside_curves(results, os.path.join(args.out, "inside_curves.png"), cfg)
     track = track_scene()
     for loss in _list(args.traj_losses):
-        vs = [Variant(loss)] + [Variant(loss, m, d) for m in modes for d in (False, True)
-                                if not (m == "binary" and d)]
+        vs = [Variant(loss)] + [
+            Variant(loss, m, d) for m in modes for d in (False, True) if not (m == "binary" and d)
+        ]
         tr = simulate_all(track, vs, cfg, keep_boxes=True)
-        plot_trajectories(tr, track, os.path.join(args.out, f"trajectories_{loss}.png"), cfg,
-                          every=args.every)
+        plot_trajectories(
+            tr, track, os.path.join(args.out, f"trajectories_{loss}.png"), cfg, every=args.every
+        )
     if not args.no_distortion:
         offsets = np.linspace(0.0, 60.0, 241)
         iou = {f"{w}x{h}": iou_family_curves(offsets, (w, h)) for w, h in ((12, 6), (120, 60))}
-        plot_distortion(offsets, iou, cbbl_curves(offsets),
-                        os.path.join(args.out, "gradient_distortion.png"))
+        plot_distortion(
+            offsets, iou, cbbl_curves(offsets), os.path.join(args.out, "gradient_distortion.png")
+        )
     wall = time.perf_counter() - t0
 
     info = scene.info
@@ -130,10 +164,17 @@ def run(args, command: str) -> dict:
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump({"command": command, "wall_s": round(wall, 1), "cases": len(scene),
-                   "rows": rows,
-                   "final_mean_error": {r.variant.name: _round(r.mean_error[-1:])[0]
-                                        for r in results}}, f, indent=1)
+        json.dump(
+            {
+                "command": command,
+                "wall_s": round(wall, 1),
+                "cases": len(scene),
+                "rows": rows,
+                "final_mean_error": {r.variant.name: _round(r.mean_error[-1:])[0] for r in results},
+            },
+            f,
+            indent=1,
+        )
     print(table)
     return {"rows": rows, "results": results, "wall": wall, "table": table}
 

@@ -16,6 +16,7 @@ group, and per case against the same base loss without ICR (same start, same pla
 that reaches IoU > 0.5 *sooner* / *later* (a case that never gets there counts as later than
 any that does; both never is a tie).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
@@ -49,7 +50,8 @@ def summarise(result: SimResult, cfg: SimConfig) -> Dict[str, object]:
     """The table's numbers for one variant (see the module docstring)."""
     entered = result.first_inside >= 0
     return {
-        "variant": result.variant.name, "loss": result.variant.loss,
+        "variant": result.variant.name,
+        "loss": result.variant.loss,
         "icr": result.variant.icr_label,
         "to_inside": _reach(result.first_inside, ~result.start_inside),
         "to_iou": _reach(result.first_iou, result.start_iou <= cfg.iou_threshold),
@@ -57,7 +59,8 @@ def summarise(result: SimResult, cfg: SimConfig) -> Dict[str, object]:
         "final_error": float(result.mean_error[-1]),
         "final_iou": float(result.mean_iou[-1]),
         "left_after_entry": float(result.left_after_entry[entered].float().mean())
-        if bool(entered.any()) else float("nan"),
+        if bool(entered.any())
+        else float("nan"),
         "nonfinite": result.nonfinite,
         "clamped": float(result.clamped.float().mean()),
     }
@@ -87,14 +90,20 @@ def compare(result: SimResult, base: SimResult, mask: torch.Tensor = None) -> Di
 def group_table(results: Sequence[SimResult], cfg: SimConfig) -> str:
     """Markdown table by start group; each variant is compared with the first result of its
     base loss that has no ICR and step 1 (the baseline)."""
-    base = {r.variant.loss: r for r in reversed(results)
-            if r.variant.icr == "none" and r.variant.step_scale == 1}
+    base = {
+        r.variant.loss: r
+        for r in reversed(results)
+        if r.variant.icr == "none" and r.variant.step_scale == 1
+    }
     groups = start_groups(results[0], cfg)
     counts = ", ".join(f"{g} {int(m.sum())}" for g, m in groups.items())
     head = " | ".join(f"{g}: converged, sooner / later" for g in GROUPS)
-    out = [f"Starts per group: {counts}.", "",
-           f"| loss | ICR | {head} | all: sooner / later |",
-           "|---|---|" + "---|" * (len(GROUPS) + 1)]
+    out = [
+        f"Starts per group: {counts}.",
+        "",
+        f"| loss | ICR | {head} | all: sooner / later |",
+        "|---|---|" + "---|" * (len(GROUPS) + 1),
+    ]
     for r in results:
         b = base.get(r.variant.loss)
         cells = []
@@ -124,14 +133,19 @@ def markdown_table(rows: Sequence[Dict[str, object]], command: str, notes: List[
     """The table, with the exact command and the definitions above it."""
     out = [f"Command: `{command}`", ""]
     out += [f"- {n}" for n in notes]
-    out += ["", "| loss | ICR | to inside: median [IQR] | to IoU > 0.5: median [IQR] | "
-            "converged | final mean l1 error | final mean IoU | left after entry | "
-            "min-size clamp hit |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "| loss | ICR | to inside: median [IQR] | to IoU > 0.5: median [IQR] | "
+        "converged | final mean l1 error | final mean IoU | left after entry | "
+        "min-size clamp hit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         bad = f" ({r['nonfinite']} non-finite)" if r["nonfinite"] else ""
-        out.append(f"| {r['loss']} | {r['icr']} | {_fmt_reach(r['to_inside'])} | "
-                   f"{_fmt_reach(r['to_iou'])} | {100 * r['converged']:.1f} % | "
-                   f"{r['final_error']:.3f}{bad} | {r['final_iou']:.3f} | "
-                   f"{100 * r['left_after_entry']:.1f} % | {100 * r['clamped']:.1f} % |")
+        out.append(
+            f"| {r['loss']} | {r['icr']} | {_fmt_reach(r['to_inside'])} | "
+            f"{_fmt_reach(r['to_iou'])} | {100 * r['converged']:.1f} % | "
+            f"{r['final_error']:.3f}{bad} | {r['final_iou']:.3f} | "
+            f"{100 * r['left_after_entry']:.1f} % | {100 * r['clamped']:.1f} % |"
+        )
     return "\n".join(out) + "\n"

@@ -19,6 +19,7 @@ After every step the widths and heights are clamped to at least ``min_size`` (0.
 step can overshoot through zero, and a box of non-positive size has no defined IoU or
 containment. This deviation from the DIoU protocol is counted per case (``clamped``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,22 +30,36 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .deps import (box_cxcywh_to_xyxy, containment, iou_family_loss, paired_box_iou,
-                   plate_icr_factor)
+from ..loss.icr import icr_factor
+from ..loss.iou import iou_family_loss
+from ..ops.boxes import box_cxcywh_to_xyxy, containment, paired_box_iou
 
-__all__ = ["LOSSES", "ICR_MODES", "Variant", "all_variants", "SimConfig", "Scene",
-           "default_scene", "track_scene", "variant_loss", "simulate", "simulate_all",
-           "SimResult"]
+__all__ = [
+    "LOSSES",
+    "ICR_MODES",
+    "Variant",
+    "all_variants",
+    "SimConfig",
+    "Scene",
+    "default_scene",
+    "track_scene",
+    "variant_loss",
+    "simulate",
+    "simulate_all",
+    "SimResult",
+]
 
 LOSSES = ("iou", "giou", "diou", "ciou", "siou", "inner_siou", "nwd")
 ICR_MODES = ("none", "scale", "binary")
 
 # The showcase target and starts of the trajectory figure (cx, cy, w, h, in scene units).
-VEHICLE = (10.0, 10.0, 6.0, 4.0)                     # xyxy (7, 8, 13, 12)
-TRACK_TARGET = (10.0, 11.0, 2.0, 0.5)                # centre plate, 4:1, area 1
-TRACK_STARTS = ((4.0, 9.0, 1.4, 1.4),                # left of the vehicle, no overlap
-                (13.2, 11.8, 2.8, 1.4),              # straddles the vehicle's lower right corner
-                (10.0, 14.0, 4.0, 1.0))              # below the vehicle, wide
+VEHICLE = (10.0, 10.0, 6.0, 4.0)  # xyxy (7, 8, 13, 12)
+TRACK_TARGET = (10.0, 11.0, 2.0, 0.5)  # centre plate, 4:1, area 1
+TRACK_STARTS = (
+    (4.0, 9.0, 1.4, 1.4),  # left of the vehicle, no overlap
+    (13.2, 11.8, 2.8, 1.4),  # straddles the vehicle's lower right corner
+    (10.0, 14.0, 4.0, 1.0),
+)  # below the vehicle, wide
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class Variant:
     'binary') and whether C is ``detach``-ed (no gradient through the containment).
     ``step_scale`` multiplies eta (a control: the base loss with the step ICR gives a box
     wholly outside the vehicle, 1 + lambda, everywhere)."""
+
     loss: str
     icr: str = "none"
     detach: bool = False
@@ -82,9 +98,12 @@ class Variant:
         return f"{self.loss} + ICR {self.icr_label}"
 
 
-def all_variants(losses: Sequence[str] = LOSSES, modes: Sequence[str] = ("scale", "binary"),
-                 detach: Sequence[bool] = (False, True),
-                 control_step: Optional[float] = None) -> List[Variant]:
+def all_variants(
+    losses: Sequence[str] = LOSSES,
+    modes: Sequence[str] = ("scale", "binary"),
+    detach: Sequence[bool] = (False, True),
+    control_step: Optional[float] = None,
+) -> List[Variant]:
     """Per base loss: without ICR, with each ICR mode x each detach setting, and (when
     ``control_step`` is given) without ICR with eta x control_step."""
     out = []
@@ -100,6 +119,7 @@ def all_variants(losses: Sequence[str] = LOSSES, modes: Sequence[str] = ("scale"
 class SimConfig:
     """Settings of the descent. ``nwd_constant`` is in scene units (the NWD paper sets it near
     the mean object size; the plates here are ~1 unit across)."""
+
     iters: int = 200
     eta: float = 0.1
     lam: float = 2.5
@@ -115,6 +135,7 @@ class SimConfig:
 class Scene:
     """N regression cases: ``starts`` [N,4] and ``targets`` [N,4] (cxcywh), one ``vehicle`` [4]
     (cxcywh) holding every target, and per case the index of its target / start shape."""
+
     vehicle: Tensor
     starts: Tensor
     targets: Tensor
@@ -132,13 +153,16 @@ def _box(cx, cy, area, aspect):
     return (cx, cy, w, area / w)
 
 
-def default_scene(grid: int = 10, span: float = 1.5,
-                  plate_aspects: Sequence[float] = (2, 3, 4, 5),
-                  plate_areas: Sequence[float] = (0.5, 2.0),
-                  start_areas: Sequence[float] = (0.5, 2.0),
-                  start_aspects: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
-                  vehicle: Tuple[float, float, float, float] = VEHICLE,
-                  dtype=torch.float32) -> Scene:
+def default_scene(
+    grid: int = 10,
+    span: float = 1.5,
+    plate_aspects: Sequence[float] = (2, 3, 4, 5),
+    plate_areas: Sequence[float] = (0.5, 2.0),
+    start_areas: Sequence[float] = (0.5, 2.0),
+    start_aspects: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
+    vehicle: Tuple[float, float, float, float] = VEHICLE,
+    dtype=torch.float32,
+) -> Scene:
     """The study's cases: every plate x every start.
 
     Plates: each aspect x area, at two places in the vehicle: centred low (cx = vehicle centre,
@@ -155,8 +179,12 @@ def default_scene(grid: int = 10, span: float = 1.5,
         cy = vy1 + 0.75 * vh
         plates += [(vcx, cy, w, h), (vx1 + 0.25 + w / 2, cy, w, h)]
     for p in plates:
-        if not (vx1 <= p[0] - p[2] / 2 and p[0] + p[2] / 2 <= vx1 + vw
-                and vy1 <= p[1] - p[3] / 2 and p[1] + p[3] / 2 <= vy1 + vh):
+        if not (
+            vx1 <= p[0] - p[2] / 2
+            and p[0] + p[2] / 2 <= vx1 + vw
+            and vy1 <= p[1] - p[3] / 2
+            and p[1] + p[3] / 2 <= vy1 + vh
+        ):
             raise ValueError(f"trajectory: plate {p} does not fit in the vehicle {vehicle}")
     xs = torch.linspace(vcx - span * vw / 2, vcx + span * vw / 2, grid, dtype=torch.float64)
     ys = torch.linspace(vcy - span * vh / 2, vcy + span * vh / 2, grid, dtype=torch.float64)
@@ -165,26 +193,40 @@ def default_scene(grid: int = 10, span: float = 1.5,
     t = torch.tensor(plates, dtype=dtype)
     s = torch.tensor(starts, dtype=dtype)
     nt, ns = len(plates), len(starts)
-    return Scene(vehicle=torch.tensor(vehicle, dtype=dtype),
-                 starts=s.repeat(nt, 1), targets=t.repeat_interleave(ns, 0),
-                 target_id=torch.arange(nt).repeat_interleave(ns),
-                 start_id=torch.arange(ns).repeat(nt),
-                 info={"plates": nt, "starts": ns, "grid": grid, "span": span,
-                       "start_shapes": len(shapes), "vehicle": tuple(vehicle)})
+    return Scene(
+        vehicle=torch.tensor(vehicle, dtype=dtype),
+        starts=s.repeat(nt, 1),
+        targets=t.repeat_interleave(ns, 0),
+        target_id=torch.arange(nt).repeat_interleave(ns),
+        start_id=torch.arange(ns).repeat(nt),
+        info={
+            "plates": nt,
+            "starts": ns,
+            "grid": grid,
+            "span": span,
+            "start_shapes": len(shapes),
+            "vehicle": tuple(vehicle),
+        },
+    )
 
 
-def track_scene(starts=TRACK_STARTS, target=TRACK_TARGET, vehicle=VEHICLE,
-                dtype=torch.float32) -> Scene:
+def track_scene(
+    starts=TRACK_STARTS, target=TRACK_TARGET, vehicle=VEHICLE, dtype=torch.float32
+) -> Scene:
     """A few hand-placed starts toward one plate, for the trajectory figure."""
     n = len(starts)
-    return Scene(vehicle=torch.tensor(vehicle, dtype=dtype),
-                 starts=torch.tensor(starts, dtype=dtype),
-                 targets=torch.tensor([target] * n, dtype=dtype),
-                 target_id=torch.zeros(n, dtype=torch.long), start_id=torch.arange(n))
+    return Scene(
+        vehicle=torch.tensor(vehicle, dtype=dtype),
+        starts=torch.tensor(starts, dtype=dtype),
+        targets=torch.tensor([target] * n, dtype=dtype),
+        target_id=torch.zeros(n, dtype=torch.long),
+        start_id=torch.arange(n),
+    )
 
 
-def variant_loss(box: Tensor, target: Tensor, vehicle_xyxy: Tensor,
-                 variants: Sequence[Variant], cfg: SimConfig) -> Tuple[Tensor, Tensor]:
+def variant_loss(
+    box: Tensor, target: Tensor, vehicle_xyxy: Tensor, variants: Sequence[Variant], cfg: SimConfig
+) -> Tuple[Tensor, Tensor]:
     """Per-case losses [V, N] and containments C [V, N] (detached) of boxes [V, N, 4] (cxcywh)
     toward ``target`` [N, 4], one row per variant; the variants share one base loss, which is
     evaluated once on all rows."""
@@ -192,16 +234,18 @@ def variant_loss(box: Tensor, target: Tensor, vehicle_xyxy: Tensor,
     if any(v.loss != kind for v in variants):
         raise ValueError("trajectory: variants simulated together must share their base loss")
     inner = cfg.inner_ratio if kind.startswith("inner_") else None
-    base = iou_family_loss(box, target.expand_as(box), kind=kind, inner_ratio=inner,
-                           nwd_constant=cfg.nwd_constant)                       # [V, N]
-    c = containment(box_cxcywh_to_xyxy(box), vehicle_xyxy.expand_as(box))       # [V, N]
+    base = iou_family_loss(
+        box, target.expand_as(box), kind=kind, inner_ratio=inner, nwd_constant=cfg.nwd_constant
+    )  # [V, N]
+    c = containment(box_cxcywh_to_xyxy(box), vehicle_xyxy.expand_as(box))  # [V, N]
+    ref = containment(box_cxcywh_to_xyxy(target), vehicle_xyxy)  # C_ref of the ground truth
     factor = []
     for k, v in enumerate(variants):
         if v.icr == "none":
             factor.append(torch.ones_like(c[k]))
         else:
             ck = c[k].detach() if v.detach else c[k]
-            factor.append(plate_icr_factor(ck, cfg.lam, v.icr, cfg.tol))
+            factor.append(icr_factor(torch.relu(ref - ck), cfg.lam, v.icr, cfg.tol))
     return torch.stack(factor) * base, c.detach()
 
 
@@ -210,21 +254,22 @@ class SimResult:
     """What one variant's descent left behind. Curves are over iterations t = 0..T (t = 0 is the
     start), per-case tensors over the N cases. ``first_*`` is the first t at which the event
     holds, -1 if never."""
+
     variant: Variant
-    mean_error: Tensor          # [T+1] mean l1 error |B_t - G|_1 over cases (finite cases)
-    mean_iou: Tensor            # [T+1]
-    inside_share: Tensor        # [T+1] share of cases with C >= inside_threshold
-    first_inside: Tensor        # [N] long
-    first_iou: Tensor           # [N] long, first t with IoU > iou_threshold
-    left_after_entry: Tensor    # [N] bool: inside at some t, outside at a later t
-    start_inside: Tensor        # [N] bool
-    start_containment: Tensor   # [N] C at t = 0
-    start_iou: Tensor           # [N]
-    final_error: Tensor         # [N]
-    final_iou: Tensor           # [N]
-    nonfinite: int              # cases whose box became non-finite
-    clamped: Tensor             # [N] bool: the min_size clamp acted at some step
-    boxes: Optional[Tensor] = None      # [T+1, N, 4] when kept
+    mean_error: Tensor  # [T+1] mean l1 error |B_t - G|_1 over cases (finite cases)
+    mean_iou: Tensor  # [T+1]
+    inside_share: Tensor  # [T+1] share of cases with C >= inside_threshold
+    first_inside: Tensor  # [N] long
+    first_iou: Tensor  # [N] long, first t with IoU > iou_threshold
+    left_after_entry: Tensor  # [N] bool: inside at some t, outside at a later t
+    start_inside: Tensor  # [N] bool
+    start_containment: Tensor  # [N] C at t = 0
+    start_iou: Tensor  # [N]
+    final_error: Tensor  # [N]
+    final_iou: Tensor  # [N]
+    nonfinite: int  # cases whose box became non-finite
+    clamped: Tensor  # [N] bool: the min_size clamp acted at some step
+    boxes: Optional[Tensor] = None  # [T+1, N, 4] when kept
 
 
 def _masked_mean(x: Tensor, ok: Tensor) -> Tensor:
@@ -232,8 +277,12 @@ def _masked_mean(x: Tensor, ok: Tensor) -> Tensor:
     return torch.where(ok, x, 0.0).sum(-1) / ok.sum(-1)
 
 
-def simulate(scene: Scene, variants: Sequence[Variant], cfg: SimConfig = SimConfig(),
-             keep_boxes: bool = False) -> List[SimResult]:
+def simulate(
+    scene: Scene,
+    variants: Sequence[Variant],
+    cfg: SimConfig = SimConfig(),
+    keep_boxes: bool = False,
+) -> List[SimResult]:
     """Run the descent of every case of ``scene`` under each of ``variants`` (which share one
     base loss) for ``cfg.iters`` steps; all variants x cases form one [V, N, 4] tensor."""
     variants = list(variants)
@@ -256,7 +305,7 @@ def simulate(scene: Scene, variants: Sequence[Variant], cfg: SimConfig = SimConf
         b = box.detach().requires_grad_(t < steps)
         with torch.set_grad_enabled(t < steps):
             loss, c = variant_loss(b, target, vehicle, variants, cfg)
-        iou = paired_box_iou(box_cxcywh_to_xyxy(box), target_xyxy)[0]            # [V, N]
+        iou = paired_box_iou(box_cxcywh_to_xyxy(box), target_xyxy)[0]  # [V, N]
         inside = c >= cfg.inside_threshold
         err = (box - target).abs().sum(-1)
         ok = torch.isfinite(err)
@@ -270,26 +319,42 @@ def simulate(scene: Scene, variants: Sequence[Variant], cfg: SimConfig = SimConf
             start_inside, start_iou, start_c = inside.clone(), iou.clone(), c.clone()
         if t == steps:
             break
-        grad, = torch.autograd.grad(loss.sum(), b)
+        (grad,) = torch.autograd.grad(loss.sum(), b)
         with torch.no_grad():
             box = box - step * (2 - iou).unsqueeze(-1) * grad
             clamped |= (box[..., 2:] < cfg.min_size).any(-1)
             box[..., 2:] = box[..., 2:].clamp(min=cfg.min_size)
         if keep_boxes:
             kept.append(box.clone())
-    boxes = torch.stack(kept, 1) if keep_boxes else None                          # [V, T+1, N, 4]
-    return [SimResult(variant=v, mean_error=mean_error[k], mean_iou=mean_iou[k],
-                      inside_share=inside_share[k], first_inside=first_inside[k],
-                      first_iou=first_iou[k], left_after_entry=left[k],
-                      start_inside=start_inside[k], start_containment=start_c[k],
-                      start_iou=start_iou[k], final_error=err[k], final_iou=iou[k],
-                      nonfinite=int((~ok[k]).sum()), clamped=clamped[k],
-                      boxes=boxes[k] if keep_boxes else None)
-            for k, v in enumerate(variants)]
+    boxes = torch.stack(kept, 1) if keep_boxes else None  # [V, T+1, N, 4]
+    return [
+        SimResult(
+            variant=v,
+            mean_error=mean_error[k],
+            mean_iou=mean_iou[k],
+            inside_share=inside_share[k],
+            first_inside=first_inside[k],
+            first_iou=first_iou[k],
+            left_after_entry=left[k],
+            start_inside=start_inside[k],
+            start_containment=start_c[k],
+            start_iou=start_iou[k],
+            final_error=err[k],
+            final_iou=iou[k],
+            nonfinite=int((~ok[k]).sum()),
+            clamped=clamped[k],
+            boxes=boxes[k] if keep_boxes else None,
+        )
+        for k, v in enumerate(variants)
+    ]
 
 
-def simulate_all(scene: Scene, variants: Sequence[Variant], cfg: SimConfig = SimConfig(),
-                 keep_boxes: bool = False) -> List[SimResult]:
+def simulate_all(
+    scene: Scene,
+    variants: Sequence[Variant],
+    cfg: SimConfig = SimConfig(),
+    keep_boxes: bool = False,
+) -> List[SimResult]:
     """``simulate`` grouped by base loss; results in the order of ``variants``."""
     groups = {}
     for v in variants:
