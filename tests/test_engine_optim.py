@@ -153,9 +153,13 @@ def test_config_builds_optimizer_scheduler_warmup_ema(tmp_path):
     ema = builders.build_ema(cfg, cfg.model)
     amp = builders.amp_dtype(cfg, device)
     assert isinstance(ema, ModelEMA) and ema.warmups == 5
-    assert (
-        amp == torch.bfloat16 and builders.build_scaler(cfg, device, amp) is None
-    )  # CPU: bf16, no GradScaler
+    # on a CPU, fp16 AMP stays off (no CPU fp16 autocast); bf16 must be asked for
+    assert amp is None and builders.build_scaler(cfg, device, amp) is None
+    bf16 = YAMLConfig(cfg={"use_amp": True, "amp_dtype": "bfloat16"})
+    assert builders.amp_dtype(bf16, device) == torch.bfloat16
+    assert "bf16 autocast on cpu" in builders.precision_note(bf16, device, torch.bfloat16, None)
+    assert "amp_dtype: bfloat16" in builders.precision_note(cfg, device, None, None)
+    assert builders.amp_dtype(YAMLConfig(cfg={"use_amp": False}), device) is None
 
 
 def test_atomic_save_and_weights_only(tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
-"""Speed and memory of a config's model: training step (forward + loss + backward + AdamW step)
+r"""Speed and memory of a config's model: training step (forward + loss + backward + AdamW step)
 and inference per image, on random images and random plate-in-vehicle targets.
 
     python tools/benchmark.py -c configs/rtdetrv2/rtdetrv2_r18vd_svmlp.yml --size 640 --batch 2
-    python tools/benchmark.py -c CONFIG --mode infer --batch 1 --steps 20 -u
-    RTDETRTransformerv2.num_queries=100
+    python tools/benchmark.py -c CONFIG --mode infer --batch 1 --steps 20 \
+        -u RTDETRTransformerv2.num_queries=100
 
 Timings are medians over ``--steps`` after ``--warmup`` untimed steps. On a shared machine run it
 when nothing else is busy; numbers from this script go in notes and the README, not in tests.

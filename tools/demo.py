@@ -1,12 +1,12 @@
-"""The `make demo` run: synthetic data -> torchrun training -> test-split evaluation.
+r"""The `make demo` run: synthetic data -> torchrun training -> test-split evaluation.
 
-    python tools/demo.py [-c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml] [--nproc 1] [-u
-    key=value ...]
+    python tools/demo.py [-c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml] [--nproc 1] \
+        [-u key=value ...]
 
 1. draws the synthetic plate/vehicle splits the config's `synthetic_data` section asks for,
    unless they already exist (delete the folder to redraw);
-2. trains with `torchrun --nproc_per_node=N tools/train.py -c CONFIG` (CPU or GPU, whatever is
-there);
+2. trains with `torchrun --nproc_per_node=N tools/train.py -c CONFIG` (CPU or GPU, whatever
+   is there);
 3. evaluates `best.pth` on the test split with `tools/eval.py` and prints the per-class table;
 4. tells where the TensorBoard logs are.
 Every step is an ordinary command, printed before it runs, so it can be repeated by hand.

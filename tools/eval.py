@@ -21,6 +21,7 @@ from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
 from rtdetrv2_icr.engine import Trainer, dist  # noqa: E402
 from rtdetrv2_icr.engine.checkpoint import extract_model_state, load_checkpoint  # noqa: E402
 from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
+from rtdetrv2_icr.engine.validate import check_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,16 +42,21 @@ def main(argv=None) -> int:
         help="EMA weights if present (default)",
     )
     p.add_argument("-d", "--device")
+    p.add_argument("--no-amp", action="store_true", help="full precision whatever the config says")
     p.add_argument(
         "--tensorboard", action="store_true", help="also write TensorBoard summaries to OUT/summary"
     )
     p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
+    check_checkpoint(args.checkpoint)  # before anything else: a missing file is named as such
     overrides = parse_cli(args.update)
+    if args.no_amp:
+        overrides["use_amp"] = False
     device = dist.init_distributed(args.device)
     overrides["device"] = str(device)
     overrides["use_ema"] = False  # the chosen weights are loaded into the model itself
+    overrides["resume"] = args.checkpoint  # the checkpoint supplies the weights: no download
     overrides["eval_tensorboard"] = bool(args.tensorboard)
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{args.split}"
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
     try:
         cfg = YAMLConfig(args.config, **overrides)
         log = get_logger()
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, splits=(args.split,))
         trainer._setup_model()
         ckpt = load_checkpoint(args.checkpoint)
         state = extract_model_state(ckpt, prefer_ema=args.weights == "ema")

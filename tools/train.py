@@ -1,11 +1,14 @@
-"""Train or evaluate an ICR-DETR / RT-DETRv2 model from a config.
+r"""Train or evaluate an ICR-DETR / RT-DETRv2 / UAV-DETR model from a config.
 
-python tools/train.py -c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml
-torchrun --nproc_per_node=8 tools/train.py -c configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml
---use-amp
-python tools/train.py -c CONFIG -r output/x/last.pth          # resume
-python tools/train.py -c CONFIG -t rtdetrv2_r18vd_120e_coco.pth  # fine-tune from a checkpoint
-python tools/train.py -c CONFIG -r output/x/best.pth --test-only
+    python tools/train.py -c configs/demo/rtdetrv2_r18vd_icr_synthetic.yml
+    torchrun --nproc_per_node=8 tools/train.py -c configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml \
+        --use-amp
+    python tools/train.py -c CONFIG -r output/x/last.pth             # resume
+    python tools/train.py -c CONFIG -t rtdetrv2_r18vd_120e_coco.pth  # fine-tune from a checkpoint
+    python tools/train.py -c CONFIG -r output/x/best.pth --test-only --split test
+
+A checkpoint given with -r or -t supplies the weights: no pretrained backbone is downloaded, and a
+missing checkpoint is reported by its path before anything else.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr
 from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
 from rtdetrv2_icr.engine import Trainer, dist  # noqa: E402
 from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
+from rtdetrv2_icr.engine.validate import check_checkpoint  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         "-d", "--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)"
     )
     p.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
-    p.add_argument(
-        "--use-amp", action="store_true", default=None, help="mixed precision (config amp_dtype)"
+    amp = p.add_mutually_exclusive_group()
+    amp.add_argument(
+        "--use-amp",
+        action="store_true",
+        default=None,
+        help="mixed precision: fp16 + GradScaler on CUDA; on a CPU only with "
+        "amp_dtype=bfloat16 (-u amp_dtype=bfloat16)",
+    )
+    amp.add_argument(
+        "--no-amp", action="store_true", help="full precision whatever the config says"
     )
     p.add_argument("--output-dir", help="checkpoints, logs, metrics")
     p.add_argument("--summary-dir", help="TensorBoard directory (default <output-dir>/summary)")
-    p.add_argument("--test-only", action="store_true", help="only evaluate on the val split")
+    p.add_argument("--test-only", action="store_true", help="only evaluate (with -r), on --split")
+    p.add_argument("--split", choices=["val", "test"], default="val", help="--test-only: split")
     p.add_argument(
         "-u",
         "--update",
@@ -62,14 +75,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and args.tuning:
         raise SystemExit("give at most one of --resume and --tuning")
+    check_checkpoint(args.resume, "checkpoint to resume from")
+    check_checkpoint(args.tuning, "checkpoint to fine-tune from")
     overrides = parse_cli(args.update)
     # named options win over -u, and only when given
     for key in ("resume", "tuning", "device", "seed", "output_dir", "summary_dir"):
         v = getattr(args, key)
         if v is not None:
             overrides[key] = v
-    if args.use_amp:
-        overrides["use_amp"] = True
+    if args.use_amp or args.no_amp:
+        overrides["use_amp"] = bool(args.use_amp)
     device = dist.init_distributed(overrides.get("device"))
     overrides["device"] = str(device)
     try:
@@ -79,15 +94,15 @@ def main(argv=None) -> int:
         if seed is not None:
             dist.seed_everything(int(seed))
         log.info(f"config {args.config}; overrides {overrides}")
-        trainer = Trainer(cfg)
         if args.test_only:
+            trainer = Trainer(cfg, splits=(args.split,))
             trainer.setup_eval()
-            out = os.path.join(trainer.output_dir, "eval_val")
-            trainer.evaluate_split("val", out_dir=out)
+            out = os.path.join(trainer.output_dir, f"eval_{args.split}")
+            trainer.evaluate_split(args.split, out_dir=out)
             if dist.is_main_process():
                 log.info(f"metrics written to {out}/metrics.json and metrics.md")
         else:
-            trainer.fit()
+            Trainer(cfg).fit()
     finally:
         dist.cleanup()
     return 0

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Convert a YOLO split (one .txt per image, `class cx cy w h` normalised) to COCO json with
+r"""Convert a YOLO split (one .txt per image, `class cx cy w h` normalised) to COCO json with
 parent_id.
 
     python tools/yolo2coco.py --images data/svmlp/train/images --labels data/svmlp/train/labels \
-        --classes plate,vehicle --pairing order --out data/svmlp/annotations/train.json
+        --classes plate,vehicle --out data/svmlp/annotations/train.json
 
 --pairing order: SVMLP convention, each plate line directly followed by its vehicle line.
 --pairing containment: the vehicle containing most of the plate (>= --min-containment).

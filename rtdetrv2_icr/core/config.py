@@ -117,6 +117,16 @@ class YAMLConfig:
             raise ConfigError(f"config {self.cfg_path or '<dict>'} has no {name} section")
         return copy.deepcopy(spec)
 
+    def disable_pretrained(self) -> list:
+        """Set every truthy ``pretrained`` key of a top-level section to False (a checkpoint will
+        supply the weights, so nothing is downloaded); returns the keys changed."""
+        changed = []
+        for name, section in self.yaml_cfg.items():
+            if isinstance(section, dict) and section.get("pretrained"):
+                section["pretrained"] = False
+                changed.append(f"{name}.pretrained")
+        return changed
+
     def to_dict(self) -> Dict[str, Any]:
         """The merged config without bookkeeping keys (for logging and checkpoints)."""
         return {k: copy.deepcopy(v) for k, v in self.yaml_cfg.items() if k != SOURCES_KEY}

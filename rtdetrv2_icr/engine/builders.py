@@ -74,16 +74,29 @@ _AMP_DTYPES = {
 
 
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """None (AMP off) or the autocast dtype for ``device``: fp16 or bf16 on CUDA, bf16 on CPU."""
+    """The autocast dtype of a run, or None for full precision. ``use_amp`` means fp16 autocast
+    with a GradScaler on CUDA (``amp_dtype: bfloat16`` for bf16). On a CPU, AMP stays off unless
+    ``amp_dtype: bfloat16`` is set (CPU autocast has no fp16)."""
     if not cfg.get("use_amp", False):
         return None
     name = str(cfg.get("amp_dtype", "float16")).replace("torch.", "")
     if name not in _AMP_DTYPES:
         raise ConfigError(f"amp_dtype must be float16 or bfloat16, got {name!r}")
     dtype = _AMP_DTYPES[name]
-    if device.type == "cpu" and dtype == torch.float16:
-        dtype = torch.bfloat16  # CPU autocast runs in bf16; fp16 there is not supported
-    return dtype
+    return None if device.type == "cpu" and dtype == torch.float16 else dtype
+
+
+def precision_note(cfg, device: torch.device, dtype: Optional[torch.dtype], scaler) -> str:
+    """One line saying which precision a run uses, and why when it differs from the config."""
+    if dtype is None:
+        if cfg.get("use_amp", False):
+            return (
+                f"precision: fp32 (use_amp is set, but {device.type} autocast has no fp16; "
+                "set amp_dtype: bfloat16 for bf16 autocast)"
+            )
+        return "precision: fp32"
+    what = "fp16" if dtype == torch.float16 else "bf16"
+    return f"precision: {what} autocast on {device.type}" + (" + GradScaler" if scaler else "")
 
 
 def build_scaler(cfg, device: torch.device, dtype: Optional[torch.dtype]):

@@ -24,6 +24,7 @@ from ..ops.boxes import containment
 
 __all__ = [
     "COCO_STAT_NAMES",
+    "PER_CLASS_NAMES",
     "run_coco_eval",
     "per_class_metrics",
     "pr_curves",
@@ -50,6 +51,8 @@ COCO_STAT_NAMES = [
     "AR_m",
     "AR_l",
 ]
+# The per-class numbers of the report, in its order.
+PER_CLASS_NAMES = ["AP50", "AP50:95", "AP75", "AP_s", "AP_m", "AP_l", "AR"]
 
 
 def _clean(v: float) -> Optional[float]:

@@ -28,9 +28,9 @@ from .evaluator import metric_value
 from .inference import float_outputs, run_inference, targets_to
 from .logger import MeterBank, TBWriter, get_logger
 from .optim import current_lrs
-from .runtime import RuntimeSettings
-from .summaries import append_epoch_record, log_eval, log_train_step
+from .summaries import append_epoch_record, describe_run, log_eval, log_train_step
 from .updater import Updater
+from .validate import check_config
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
@@ -40,10 +40,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.rt = RuntimeSettings.from_config(cfg.yaml_cfg)
-        self.log = get_logger()
+    def __init__(self, cfg, splits=("train", "val")):
+        """``splits``: the data the run will use (their paths are checked now)."""
+        self.cfg, self.log = cfg, get_logger()
+        self.rt = check_config(cfg, splits)
+        if self.rt.resume or self.rt.tuning:  # the checkpoint supplies the weights: no download
+            for key in cfg.disable_pretrained():
+                self.log.info(f"{key} ignored: the weights come from the checkpoint")
         self.epochs = self.rt.epoches
         self.output_dir = self.rt.output_dir
         self.device = dist.pick_device(self.rt.device)
@@ -68,6 +71,7 @@ class Trainer:
         )
         self.amp_dtype = builders.amp_dtype(cfg, self.device)
         self.scaler = builders.build_scaler(cfg, self.device, self.amp_dtype)
+        self.log.info(builders.precision_note(cfg, self.device, self.amp_dtype, self.scaler))
         # Under DDP every parameter must receive a gradient on every rank, whatever the batch
         # holds (e.g. denoising queries exist only where there are targets): add 0 * sum(params).
         self.touch_all = dist.get_world_size() > 1 and rt.ddp_touch_all_params
@@ -217,13 +221,7 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         self.setup_train()
-        n_params = sum(
-            p.numel() for p in dist.unwrap_model(self.model).parameters() if p.requires_grad
-        )
-        self.log.info(
-            f"training {self.epochs} epochs on {self.device} x{dist.get_world_size()} "
-            f"process(es); {n_params:,} trainable parameters; output in {self.output_dir}"
-        )
+        self.log.info(describe_run(self.model, self.epochs, self.device, self.output_dir))
         start, report, rt = time.time(), None, self.rt
         try:
             for epoch in range(self.last_epoch + 1, self.epochs):

@@ -15,7 +15,16 @@ from . import dist
 from .logger import TBWriter
 from .visualize import gt_vs_pred_grid, target_boxes_xyxy
 
-__all__ = ["log_train_step", "log_eval", "vis_items", "append_epoch_record"]
+__all__ = ["describe_run", "log_train_step", "log_eval", "vis_items", "append_epoch_record"]
+
+
+def describe_run(model, epochs: int, device, output_dir: str) -> str:
+    """The line a training run starts with."""
+    n = sum(p.numel() for p in dist.unwrap_model(model).parameters() if p.requires_grad)
+    return (
+        f"training {epochs} epochs on {device} x{dist.get_world_size()} process(es); "
+        f"{n:,} trainable parameters; output in {output_dir}"
+    )
 
 
 def log_train_step(

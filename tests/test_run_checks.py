@@ -1,0 +1,90 @@
+"""A run's config is checked before anything is built; checkpoints supply the weights offline;
+the precision is explicit; --test-only takes --split."""
+
+import json
+import os
+import runpy
+
+import pytest
+import torch
+
+from rtdetrv2_icr.core import ConfigError, YAMLConfig
+from rtdetrv2_icr.engine import Trainer
+from rtdetrv2_icr.engine.validate import check_config, check_metric_name
+from test_engine_train import REPO, make_data, write_config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checks")
+    data = make_data(root / "d", n_train=2, n_val=2, n_test=2)
+    return root, data, write_config(root, data, str(root / "out"), extra="epoches: 1\n")
+
+
+def test_typos_fail_at_once_with_a_hint(setup):
+    _, _, cfg = setup
+    with pytest.raises(ConfigError, match=r"unknown top-level key 'best_metic'.*'best_metric'"):
+        check_config(YAMLConfig(cfg, best_metic="AP50"))
+    with pytest.raises(ConfigError, match=r"'plates' is not a class; did you mean 'plate'"):
+        check_config(YAMLConfig(cfg, best_metric="plates/AP50"))
+    with pytest.raises(ConfigError, match=r"'AP_50' is not a per-class metric"):
+        check_config(YAMLConfig(cfg, best_metric="vehicle/AP_50"))
+    with pytest.raises(ConfigError, match=r"'AP5095' is not a COCO metric"):
+        check_config(YAMLConfig(cfg, best_metric="AP5095"))
+    with pytest.raises(ValueError, match=r"relation parent 'vehicles' is not a class"):
+        check_config(YAMLConfig(cfg, relations=[{"child": "plate", "parent": "vehicles"}]))
+    with pytest.raises(FileNotFoundError, match=r"val_dataloader.dataset.ann_file: .*nope.json"):
+        check_config(YAMLConfig(cfg, val_dataloader={"dataset": {"ann_file": "/x/nope.json"}}))
+    # the test split is only checked when the run uses it
+    bad_test = YAMLConfig(cfg, test_dataloader={"dataset": {"img_folder": "/x/none/"}})
+    check_config(bad_test)
+    with pytest.raises(FileNotFoundError, match="test_dataloader.dataset.img_folder"):
+        check_config(bad_test, splits=("test",))
+    assert check_config(YAMLConfig(cfg)).best_metric == "AP50:95"
+    check_metric_name("vehicle/AR", ["plate", "vehicle"])
+
+
+def test_missing_checkpoint_is_named_before_anything_else(setup, tmp_path):
+    _, _, cfg = setup
+    train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
+    eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
+    missing = str(tmp_path / "gone.pth")
+    for main, args in ((train_main, ["-r", missing]), (train_main, ["-t", missing]),
+                       (eval_main, ["-r", missing])):
+        with pytest.raises(FileNotFoundError, match=r"not found: .*gone\.pth"):
+            main(["-c", cfg, "-d", "cpu", *args])
+
+
+def test_checkpoint_weights_mean_no_download(setup, tmp_path, monkeypatch):
+    root, _, cfg = setup
+
+    def no_network(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    ckpt = str(tmp_path / "w.pth")
+    torch.save({"model": YAMLConfig(cfg).model.state_dict()}, ckpt)
+    online = {"PResNet": {"pretrained": True}}
+    with pytest.raises(RuntimeError, match="a download was attempted"):
+        YAMLConfig(cfg, **online).model          # without a checkpoint the config asks for it
+    for key in ("resume", "tuning"):
+        tr = Trainer(YAMLConfig(cfg, device="cpu", **online, **{key: ckpt}))
+        assert tr.cfg.get("PResNet.pretrained") is False
+        tr._setup_model()                         # builds the model: no download
+    eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
+    out = str(tmp_path / "ev")
+    eval_main(["-c", cfg, "-r", ckpt, "-d", "cpu", "--weights", "model", "--out", out,
+               "-u", "PResNet.pretrained=True"])
+    assert json.load(open(os.path.join(out, "metrics.json")))["split"] == "test"
+
+
+def test_test_only_takes_split_and_no_amp(setup, tmp_path):
+    root, _, cfg = setup
+    ckpt = str(tmp_path / "w.pth")
+    torch.save({"model": YAMLConfig(cfg).model.state_dict()}, ckpt)
+    train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
+    out = str(tmp_path / "t")
+    train_main(["-c", cfg, "-r", ckpt, "--test-only", "--split", "test", "--no-amp", "-d", "cpu",
+                "--output-dir", out])
+    rep = json.load(open(os.path.join(out, "eval_test", "metrics.json")))
+    assert rep["split"] == "test" and rep["num_images"] == 2
