@@ -11,13 +11,17 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from rtdetrv2_icr.core import create
+from rtdetrv2_icr.core.registry import ConfigError
 from rtdetrv2_icr.data import (
     CocoDetection,
     InvalidAnnotationError,
+    dataset_statistics,
+    format_statistics,
     get_coco_api_from_dataset,
     load_coco_json,
     mscoco_category_to_label,
 )
+from rtdetrv2_icr.data.annotations import WeakLinkWarning
 
 REL = [{"child": "plate", "parent": "vehicle"}]
 CATS = [{"id": 1, "name": "plate"}, {"id": 2, "name": "vehicle"}]
@@ -314,3 +318,89 @@ def test_parent_id_on_non_child_class_is_ignored(tmp_path):
     ds = CocoDetection(img_dir, ann_file, None)
     assert ds.index.parent_ids_ignored == 3 and ds.parent_of == [-1, -1]
     assert ds[0][1]["parent_idx"].tolist() == [-1] * 6
+
+
+# --------------------------------------------------------------------------------------------
+# explicit links are checked by containment at load (pair_check)
+# --------------------------------------------------------------------------------------------
+WEAK = [dict(a) for a in GOOD]
+WEAK[4] = dict(WEAK[4], parent_id=3)  # plate 5 (outside every vehicle) linked to vehicle B: 0.00
+WEAK.append(ann(9, 1, 1, [56, 20, 10, 4], parent_id=3))  # x 56..66 vs B's 60..90: 0.60
+WEAK.append(ann(10, 1, 1, [5, 20, 10, 4], parent_id=1))  # x 5..15 vs A's 10..60: 0.50
+
+
+def test_pair_check_warn_keeps_weak_links_and_counts_them(tmp_path):
+    img_dir, ann_file = make_split(tmp_path, WEAK)
+    with pytest.warns(WeakLinkWarning) as rec:
+        ds = CocoDetection(img_dir, ann_file, None, relations=REL, pair_min_containment=0.65)
+    assert len(rec) == 1
+    msg = str(rec[0].message)
+    assert msg.startswith(f"{ann_file}: 3 parent_id links where the child lies less than 0.65 ")
+    assert (
+        "first (child -> parent annotation id, containment): 5 -> 3 (0.00), 9 -> 3 (0.60), "
+        "10 -> 1 (0.50). They are kept" in msg
+    )
+    assert ds.index.pairs_weak == 3 and ds.pair_check == "warn"
+    assert [(a, p) for a, p, _ in ds.index.weak_links] == [(5, 3), (9, 3), (10, 1)]
+    assert [c for _, _, c in ds.index.weak_links] == pytest.approx([0.0, 0.6, 0.5])
+    _, t = ds[0]  # kept as given: plate 5 -> B (position 2), 9 -> B, 10 -> A
+    assert t["parent_idx"].tolist() == [-1, 0, -1, 2, 2, 2, 0]
+    assert ds.index.pairs_explicit == 4
+    # the threshold is pair_min_containment: at 0.5, only plate 5 is weak (0.50 is enough)
+    with pytest.warns(WeakLinkWarning, match=r": 1 parent_id links .*: 5 -> 3 \(0\.00\)\. They"):
+        ds = CocoDetection(img_dir, ann_file, None, relations=REL)
+    assert ds.index.pairs_weak == 1
+    st = dataset_statistics(ds.index)
+    assert st["pairs_weak"] == 1 and st["weak_links"] == [[5, 3, 0.0]]
+    assert (
+        "weak links: 1/4 explicit parent_id links have the child less than 0.5 inside its "
+        "parent (first child -> parent ids: 5 -> 3 (0.00))" in format_statistics(st)
+    )
+
+
+def test_pair_check_error_and_off(tmp_path):
+    img_dir, ann_file = make_split(tmp_path, WEAK)
+    with pytest.raises(InvalidAnnotationError) as e:
+        CocoDetection(img_dir, ann_file, None, relations=REL, pair_check="error")
+    assert str(e.value).startswith(f"{ann_file}: 1 parent_id links where the child lies less")
+    assert "5 -> 3 (0.00). Fix the links" in str(e.value)
+    # skip_invalid is about invalid entries; a weak link is refused all the same
+    with pytest.raises(InvalidAnnotationError, match="5 -> 3"):
+        load_coco_json(ann_file, img_dir, relations=REL, pair_check="error", skip_invalid=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = CocoDetection(img_dir, ann_file, None, relations=REL, pair_check="off")
+        assert ds.index.pairs_weak is None and ds.index.weak_links == []
+        assert ds[0][1]["parent_idx"].tolist() == [-1, 0, -1, 2, 2, 2, 0]
+        # good links only: no warning, zero counted
+        img_dir, ann_file = make_split(tmp_path, GOOD)
+        ds = CocoDetection(img_dir, ann_file, None, relations=REL, pair_check="error")
+        assert ds.index.pairs_weak == 0
+        assert "weak links" not in format_statistics(dataset_statistics(ds.index))
+    with pytest.raises(ConfigError, match=r"pair_check must be one of \['warn', 'error', 'off'\]"):
+        CocoDetection(img_dir, ann_file, None, relations=REL, pair_check="strict")
+    with pytest.raises(ValueError, match="pair_check must be one of"):
+        load_coco_json(ann_file, pair_check="raise")
+
+
+def test_pair_check_from_config_and_bad_links_stay_errors(tmp_path):
+    img_dir, ann_file = make_split(tmp_path, WEAK)
+    cfg = {"class_names": ["plate", "vehicle"], "relations": REL}
+    spec = {
+        "type": "CocoDetection",
+        "img_folder": img_dir,
+        "ann_file": ann_file,
+        "pair_min_containment": 0.5,
+        "pair_check": "error",
+    }
+    with pytest.raises(InvalidAnnotationError, match="1 parent_id links"):
+        create(spec, cfg)
+    # a link to a missing annotation is an error before (and whatever) the containment check
+    img_dir, ann_file = make_split(tmp_path, WEAK + [ann(11, 1, 1, [20, 20, 5, 4], parent_id=77)])
+    with pytest.raises(InvalidAnnotationError, match="annotation id 11 .*parent_id 77"):
+        CocoDetection(img_dir, ann_file, None, relations=REL, pair_check="off")
+    with pytest.warns(UserWarning) as rec:
+        ds = CocoDetection(img_dir, ann_file, None, relations=REL, skip_invalid=True)
+    kinds = sorted(type(w.message).__name__ for w in rec)
+    assert kinds == ["UserWarning", "WeakLinkWarning"]
+    assert ds.skipped == {"parent_missing": 1} and ds.index.pairs_weak == 1

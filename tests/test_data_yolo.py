@@ -1,22 +1,33 @@
-"""YOLO import (order and containment pairing), COCO output in pycocotools, dataset statistics."""
+"""YOLO import (auto, order and containment pairing), COCO output in pycocotools, dataset
+statistics."""
 
 import contextlib
 import importlib.util
 import io
 import json
 import os
+import random
+import re
+import warnings
 
 import pytest
+import torch
 from PIL import Image
 
 from rtdetrv2_icr.data import (
     CocoDetection,
     InvalidAnnotationError,
+    SceneConfig,
+    assign_parents,
+    best_parents,
     dataset_statistics,
+    format_pairing_summary,
     format_statistics,
     load_coco_json,
+    write_split,
     yolo_to_coco,
 )
+from rtdetrv2_icr.data.yolo import PairingWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = [{"child": "plate", "parent": "vehicle"}]
@@ -100,7 +111,8 @@ def test_containment_pairing(tmp_path):
 def test_importer_json_loads_in_pycocotools_and_dataset(tmp_path):
     img_dir, lbl_dir = make_yolo(tmp_path)
     out = tmp_path / "ann" / "train.json"
-    with pytest.warns(UserWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tool prints the summary instead of warning
         stdout = run_tool(
             "yolo2coco.py",
             [
@@ -117,6 +129,9 @@ def test_importer_json_loads_in_pycocotools_and_dataset(tmp_path):
             ],
         )
     assert "3 images, 10 annotations, 4 with a parent" in stdout
+    assert "pairing containment (plate -> vehicle, min containment 0.5): 5 children" in stdout
+    assert re.search(r"linked by containment +4\n", stdout)
+    assert re.search(r"orphans +1  \(written with parent_id -1\)", stdout)
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -172,3 +187,211 @@ def test_dataset_statistics(tmp_path):
     text = format_statistics(st)
     assert "plate" in text and "pairing (plate -> vehicle)" in text
     assert text.splitlines()[1] in run_tool("dataset_stats.py", [str(path)])
+
+
+# --------------------------------------------------------------------------------------------
+# auto pairing: order links checked by containment, the rest paired by containment
+# --------------------------------------------------------------------------------------------
+V1 = "1 0.250 0.500 0.300 0.400"  # x 10..40, y 30..70 (100x100 image)
+V2 = "1 0.750 0.300 0.300 0.300"  # x 60..90, y 15..45
+V3 = "1 0.750 0.750 0.300 0.300"  # x 60..90, y 60..90
+P1 = "0 0.250 0.600 0.100 0.040"  # inside V1
+P2 = "0 0.750 0.800 0.100 0.040"  # inside V3 only
+P3 = "0 0.750 0.350 0.100 0.040"  # inside V2 only
+P4 = "0 0.500 0.050 0.060 0.040"  # inside nothing
+# line 1-2: a good order link; line 3 (P2) is followed by V2, which does not contain it; P4 and
+# P3 (lines 6, 7) have no vehicle line after them
+AUTO = [P1, V1, P2, V2, V3, P4, P3]
+
+
+def test_auto_pairing_keeps_good_order_links_and_repairs_bad_ones(tmp_path):
+    img_dir, lbl_dir = make_yolo(tmp_path, {"a": ((100, 100), AUTO)})
+    with pytest.warns(PairingWarning) as rec:
+        coco = yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"])  # auto is the default
+    assert len(rec) == 1
+    msg = str(rec[0].message)
+    assert "1 child objects have no parent (pairing=auto)" in msg
+    assert "1 order links rejected" in msg and "1 re-paired by containment" in msg
+    assert "first: a.txt:3" in msg
+    # P1 -> V1 by order; P2 -> V3 (not V2) and P3 -> V2 by containment; P4 orphan
+    assert parents_by_image(coco)["a.jpg"] == [
+        (1, 1),
+        (2, None),
+        (1, 4),
+        (2, None),
+        (2, None),
+        (1, -1),
+        (1, 3),
+    ]
+    st = coco["info"]["pairing"]
+    assert {k: st[k] for k in ("mode", "children", "by_order", "by_containment")} == {
+        "mode": "auto",
+        "children": 4,
+        "by_order": 1,
+        "by_containment": 2,
+    }
+    assert (st["order_rejected"], st["rejected_repaired"], st["shared_parent"]) == (1, 1, 0)
+    assert st["orphans"] == 1 and st["first_rejected"] == ["a.txt:3"]
+    text = format_pairing_summary(st)
+    assert (
+        text.splitlines()[0] == "pairing auto (plate -> vehicle, min containment 0.5): 4 children"
+    )
+    assert re.search(r"linked by order +1\n", text)
+    assert re.search(
+        r"linked by containment +2  \(1 after their order link was rejected, 1 "
+        r"without a parent line after them\)",
+        text,
+    )
+    assert re.search(r"order links rejected +1 ", text) and text.endswith(": a.txt:3")
+    # containment ignores the order and gives the same pairs here; order refuses line 3
+    with pytest.warns(PairingWarning, match="1 child objects have no parent"):
+        by_geometry = yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="containment")
+    assert parents_by_image(by_geometry) == parents_by_image(coco)
+    st = by_geometry["info"]["pairing"]
+    assert (st["by_order"], st["by_containment"], st["order_rejected"]) == (0, 3, 0)
+
+
+def test_strict_order_names_file_and_line(tmp_path):
+    img_dir, lbl_dir = make_yolo(tmp_path, {"a": ((100, 100), AUTO)})
+    with pytest.raises(InvalidAnnotationError) as e:
+        yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="order")
+    assert str(e.value).startswith(
+        os.path.join(lbl_dir, "a.txt") + ":3: plate line is followed by a vehicle line (line 4) "
+        "that contains only 0.00 of it (--min-containment 0.5)"
+    )
+    # several bad links: the first is named with its path, the count and the next ones follow
+    bad = [P2, V2, P4, V1]
+    (tmp_path / "two").mkdir()
+    img_dir, lbl_dir = make_yolo(
+        tmp_path / "two", {"a": ((100, 100), AUTO), "b": ((100, 100), bad)}
+    )
+    with pytest.raises(
+        InvalidAnnotationError,
+        match=r"a\.txt:3: .*; 3 such links in .*labels, "
+        r"first: a\.txt:3, b\.txt:1, b\.txt:3\. --pairing auto",
+    ):
+        yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="order")
+    # the tool reports it as a one-line error
+    with pytest.raises(SystemExit, match=r"yolo2coco: .*a\.txt:3: plate line is followed"):
+        run_tool(
+            "yolo2coco.py",
+            [
+                "--images",
+                img_dir,
+                "--labels",
+                lbl_dir,
+                "--classes",
+                "plate,vehicle",
+                "--pairing",
+                "order",
+                "--out",
+                str(tmp_path / "x.json"),
+            ],
+        )
+
+
+def test_min_containment_threshold_of_order_links(tmp_path):
+    part = "0 0.390 0.600 0.100 0.040"  # x 34..44: 0.60 inside V1 (x 10..40)
+    img_dir, lbl_dir = make_yolo(tmp_path, {"a": ((100, 100), [part, V1])})
+    coco = yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="order")
+    assert parents_by_image(coco)["a.jpg"] == [(1, 1), (2, None)]
+    with pytest.raises(
+        InvalidAnnotationError,
+        match=r"contains only 0\.60 of it "
+        r"\(--min-containment 0\.7\)",
+    ):
+        yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="order", min_containment=0.7)
+    with pytest.warns(PairingWarning, match="1 order links rejected.*0 re-paired"):
+        coco = yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], min_containment=0.7)
+    assert parents_by_image(coco)["a.jpg"] == [(1, -1), (2, None)]
+    assert coco["info"]["pairing"]["orphans"] == 1
+
+
+def test_auto_equals_order_where_the_order_holds(tmp_path):
+    img_dir, lbl_dir = make_yolo(tmp_path)
+    with pytest.warns(PairingWarning, match="1 child objects have no parent"):
+        coco = yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="auto")
+    p = parents_by_image(coco)
+    assert p["a.jpg"] == [(1, 1), (2, None), (1, 3), (2, None), (2, None), (1, -1)]  # as order
+    assert p["b.jpg"] == [(2, None), (2, None), (1, 0), (1, 1)]  # as containment
+    st = coco["info"]["pairing"]
+    assert (st["by_order"], st["by_containment"], st["order_rejected"], st["orphans"]) == (
+        2,
+        2,
+        0,
+        1,
+    )
+
+
+# one bus (big) holding a small car; plate Q1 is in both, plate Q2 only in the bus
+BUS, CAR = [10, 10, 90, 90], [20, 30, 40, 50]
+Q1, Q2 = [27, 44, 33, 46], [65, 78, 75, 82]
+
+
+def test_assign_parents_one_child_per_parent_where_possible():
+    boxes = torch.tensor([BUS, CAR, Q1, Q2], dtype=torch.float64)
+    labels, parent_of = [1, 1, 0, 0], [1, -1]
+    # the largest containment alone gives Q1 to the bus (tie, first) and the bus two plates
+    assert best_parents(boxes, labels, parent_of) == [-1, -1, 0, 0]
+    assert assign_parents(boxes, labels, parent_of) == ([-1, -1, 1, 0], [False] * 4)
+    # the bus already has Q1 by a fixed link: Q2 fits no free vehicle, so it shares the bus
+    assert assign_parents(boxes, labels, parent_of, fixed=[-1, -1, 0, -1]) == (
+        [-1, -1, 0, 0],
+        [False, False, False, True],
+    )
+    assert assign_parents(boxes, labels, parent_of, min_containment=1.01) == ([-1] * 4, [False] * 4)
+    # one parent per child *class*: a vehicle takes a plate and a driver
+    boxes = torch.tensor([CAR, Q1, [22, 32, 30, 40]], dtype=torch.float64)
+    assert assign_parents(boxes, [1, 0, 2], [1, -1, 1]) == ([-1, 0, 0], [False] * 3)
+    assert assign_parents(torch.zeros(0, 4), [], [1, -1]) == ([], [])
+
+
+def test_shared_parent_is_counted(tmp_path):
+    def line(c, b):
+        return (
+            f"{c} {(b[0] + b[2]) / 200} {(b[1] + b[3]) / 200} {(b[2] - b[0]) / 100} "
+            f"{(b[3] - b[1]) / 100}"
+        )
+
+    # Q1/Q2 as above, and a third plate, wholly in the bus and 0.6 inside the car: Q1 takes the
+    # car and Q2 the bus, so the third shares the vehicle containing it most, the bus
+    half = [34, 40, 44, 42]
+    lines = [line(1, BUS), line(1, CAR), line(0, Q1), line(0, Q2), line(0, half)]
+    img_dir, lbl_dir = make_yolo(tmp_path, {"a": ((100, 100), lines)})
+    with pytest.warns(PairingWarning, match="1 children share their parent"):
+        coco = yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="containment")
+    assert parents_by_image(coco)["a.jpg"] == [(2, None), (2, None), (1, 1), (1, 0), (1, 0)]
+    st = coco["info"]["pairing"]
+    assert (st["by_containment"], st["shared_parent"], st["orphans"]) == (3, 1, 0)
+    assert re.search(r"sharing a parent +1  \(every parent", format_pairing_summary(st))
+
+
+def test_auto_recovers_synthetic_pairs_from_shuffled_lines(tmp_path):
+    gt = write_split(str(tmp_path), "train", 12, seed=0, cfg=SceneConfig(size=320))
+    lbl = tmp_path / "train" / "labels"
+    rng = random.Random(0)
+    for f in sorted(lbl.iterdir())[::2]:  # every second file: lines shuffled
+        lines = f.read_text().splitlines()
+        rng.shuffle(lines)
+        f.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PairingWarning)
+        coco = yolo_to_coco(str(tmp_path / "train" / "images"), str(lbl), ["plate", "vehicle"])
+
+    def plate_to_vehicle(c):
+        by_id = {a["id"]: a for a in c["annotations"]}
+        key = lambda a: (a["image_id"], tuple(round(v) for v in a["bbox"]))
+        return {
+            key(a): key(by_id[a["parent_id"]])
+            for a in c["annotations"]
+            if a.get("parent_id", -1) >= 0
+        }
+
+    st = coco["info"]["pairing"]
+    assert st["order_rejected"] > 0 and st["orphans"] == 0 and st["shared_parent"] == 0
+    assert st["by_order"] + st["by_containment"] == st["children"]
+    assert plate_to_vehicle(coco) == plate_to_vehicle(gt)
+    with pytest.raises(InvalidAnnotationError, match=r"\.txt:\d+: plate line is followed"):
+        yolo_to_coco(
+            str(tmp_path / "train" / "images"), str(lbl), ["plate", "vehicle"], pairing="order"
+        )

@@ -1,22 +1,32 @@
 #!/usr/bin/env python
 r"""Convert a YOLO split (one .txt per image, `class cx cy w h` normalised) to COCO json with
-parent_id.
+parent_id, and print how the children were paired.
 
     python tools/yolo2coco.py --images data/svmlp/train/images --labels data/svmlp/train/labels \
         --classes plate,vehicle --out data/svmlp/annotations/train.json
 
---pairing order: SVMLP convention, each plate line directly followed by its vehicle line.
---pairing containment: the vehicle containing most of the plate (>= --min-containment).
+--pairing auto (default): keep an order link (a plate line directly followed by a vehicle line,
+    the SVMLP convention) only where the plate lies >= --min-containment inside that vehicle;
+    pair every other plate with a vehicle that contains it (one plate per vehicle where possible).
+--pairing order: order links only; a link below --min-containment is an error (file:line).
+--pairing containment: ignore the line order; pair every plate by containment.
 """
 
 import argparse
 import json
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rtdetrv2_icr.data.yolo import yolo_to_coco  # noqa: E402
+from rtdetrv2_icr.data.annotations import InvalidAnnotationError  # noqa: E402
+from rtdetrv2_icr.data.yolo import (  # noqa: E402
+    PAIRING_MODES,
+    PairingWarning,
+    format_pairing_summary,
+    yolo_to_coco,
+)
 
 
 def parse_relations(text):
@@ -38,25 +48,35 @@ def main(argv=None):
     ap.add_argument(
         "--classes", required=True, help="class names in YOLO id order, e.g. plate,vehicle"
     )
-    ap.add_argument("--pairing", choices=["order", "containment"], default="order")
+    ap.add_argument("--pairing", choices=PAIRING_MODES, default="auto")
     ap.add_argument(
         "--relations",
         type=parse_relations,
         default=None,
         help="child:parent,... (default plate:vehicle when both classes exist)",
     )
-    ap.add_argument("--min-containment", type=float, default=0.5)
+    ap.add_argument(
+        "--min-containment",
+        type=float,
+        default=0.5,
+        help="share of the child's area inside its parent needed for a link (default 0.5)",
+    )
     ap.add_argument("--out", required=True, help="output COCO json")
     args = ap.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    coco = yolo_to_coco(
-        args.images,
-        args.labels,
-        classes,
-        pairing=args.pairing,
-        relations=args.relations,
-        min_containment=args.min_containment,
-    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PairingWarning)  # the summary below says it all
+            coco = yolo_to_coco(
+                args.images,
+                args.labels,
+                classes,
+                pairing=args.pairing,
+                relations=args.relations,
+                min_containment=args.min_containment,
+            )
+    except (InvalidAnnotationError, FileNotFoundError) as e:
+        raise SystemExit(f"yolo2coco: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(coco, f)
@@ -65,6 +85,7 @@ def main(argv=None):
         f"{args.out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
         f"{linked} with a parent"
     )
+    print(format_pairing_summary(coco["info"]["pairing"]))
 
 
 if __name__ == "__main__":

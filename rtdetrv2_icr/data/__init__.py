@@ -5,13 +5,13 @@ Importing this package registers `CocoDetection`, the transforms (`Compose`, ...
 """
 from .annotations import (CocoIndex, ImageRecord, InvalidAnnotationError, load_coco_json,
                           MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category)
-from .pairing import (best_parents, containment, parent_idx_is_consistent, parents_by_label,
-                      remap_parent_idx)
+from .pairing import (assign_parents, best_parents, containment, parent_idx_is_consistent,
+                      parents_by_label, remap_parent_idx)
 from .transforms import (Compose, ConvertBoxes, ConvertPILImage, Normalize, RandomCrop,
                          RandomHorizontalFlip, RandomIoUCrop, RandomPhotometricDistort,
                          RandomZoomOut, Resize, SanitizeBoundingBoxes)
 from .collate import BatchImageCollateFunction, batch_image_collate_fn, multiscale_sizes
 from .coco import CocoDetection, get_coco_api_from_dataset, read_image
-from .yolo import yolo_to_coco
+from .yolo import format_pairing_summary, yolo_to_coco
 from .stats import dataset_statistics, format_statistics, statistics_of_file
 from .synthetic import SceneConfig, draw_scene, write_dataset, write_split

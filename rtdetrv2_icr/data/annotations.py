@@ -3,7 +3,9 @@
 `load_coco_json` turns the file into per-image arrays ready for a dataset (contiguous labels,
 xyxy boxes, ``parent_idx``) and a cleaned copy of the json for COCO evaluation. Every problem is
 reported with the file, the annotation id and the image; with ``skip_invalid`` the offending
-items are dropped instead and one warning counts them.
+items are dropped instead and one warning counts them. Explicit ``parent_id`` links whose child
+lies less than ``pair_min_containment`` inside its parent are *weak*: ``pair_check`` warns
+(default), fails or skips the check.
 """
 from __future__ import annotations
 
@@ -13,22 +15,28 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..core.mscoco import MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category
-from .pairing import best_parents, parents_by_label
+from .pairing import best_parents, containment, parents_by_label
 
 __all__ = ["CocoIndex", "ImageRecord", "load_coco_json", "InvalidAnnotationError",
-           "MSCOCO_CATEGORIES", "mscoco_category_to_label", "mscoco_label_to_category"]
+           "WeakLinkWarning", "PAIR_CHECKS", "MSCOCO_CATEGORIES", "mscoco_category_to_label",
+           "mscoco_label_to_category"]
+
+PAIR_CHECKS = ("warn", "error", "off")
+_FIRST = 5               # weak links named in a message
 
 
 class InvalidAnnotationError(ValueError):
     """A dataset file that cannot be used as it is."""
 
 
+class WeakLinkWarning(UserWarning):
+    """Explicit ``parent_id`` links whose child lies mostly outside its parent."""
 
 
 @dataclass
@@ -58,6 +66,11 @@ class CocoIndex:
     pairs_explicit: int = 0
     pairs_inferred: int = 0
     parent_ids_ignored: int = 0               # parent_id on classes that are nobody's child
+    pair_min_containment: float = 0.5         # threshold for inferred pairs and weak links
+    pairs_weak: Optional[int] = 0             # explicit links below pair_min_containment
+                                              # (None: pair_check off, not counted)
+    weak_links: List[Tuple[int, int, float]] = field(default_factory=list)  # first few:
+                                              # (child ann id, parent ann id, containment)
 
     @property
     def category_to_label(self) -> Dict[int, int]:
@@ -244,6 +257,37 @@ def _explicit_links(data: dict, images: Dict[int, dict], kept: Dict[int, dict], 
     return link, ignored
 
 
+def _weak_links(kept: Dict[int, dict], link: Dict[int, int], min_containment: float):
+    """Phase 3b: the explicit links (non-crowd child -> parent) whose child box lies less than
+    ``min_containment`` inside its parent box, in file order: [(child id, parent id, C)]."""
+    pairs = [(aid, pid) for aid, pid in link.items()
+             if pid >= 0 and not kept[aid].get("iscrowd", 0)]
+    if not pairs:
+        return []
+
+    def xyxy(a):
+        x, y, w, h = a["bbox"]
+        return [x, y, x + w, y + h]
+
+    child = torch.tensor([xyxy(kept[c]) for c, _ in pairs], dtype=torch.float64)   # [L, 4]
+    parent = torch.tensor([xyxy(kept[p]) for _, p in pairs], dtype=torch.float64)  # [L, 4]
+    c = containment(child, parent).tolist()                                       # [L]
+    return [(a, p, v) for (a, p), v in zip(pairs, c) if v < min_containment]
+
+
+def _report_weak(weak, ann_file: str, min_containment: float, pair_check: str) -> None:
+    if not weak:
+        return
+    first = ", ".join(f"{a} -> {p} ({v:.2f})" for a, p, v in weak[:_FIRST])
+    msg = (f"{ann_file}: {len(weak)} parent_id links where the child lies less than "
+           f"{min_containment:g} inside its parent (pair_min_containment); first (child -> "
+           f"parent annotation id, containment): {first}")
+    if pair_check == "error":
+        raise InvalidAnnotationError(f"{msg}. Fix the links, or set pair_check: warn to keep them")
+    warnings.warn(f"{msg}. They are kept; pair_check: error refuses them, off skips this check",
+                  WeakLinkWarning, stacklevel=4)
+
+
 def _image_records(images: Dict[int, dict], kept: Dict[int, dict], link: Dict[int, int],
                    ctx: _Context, min_containment: float):
     """Phase 4: one `ImageRecord` per image (non-crowd objects, parents resolved: explicit links
@@ -284,12 +328,20 @@ def load_coco_json(ann_file: str, img_folder: Optional[str] = None,
                    class_names: Optional[Sequence[str]] = None,
                    relations: Optional[Sequence[dict]] = None,
                    remap_mscoco_category: bool = False, pair_min_containment: float = 0.5,
-                   skip_invalid: bool = False, box_tolerance: float = 1.0) -> CocoIndex:
+                   skip_invalid: bool = False, box_tolerance: float = 1.0,
+                   pair_check: str = "warn") -> CocoIndex:
     """Read, check and index a COCO detection json (see module docstring).
 
     ``parent_id`` on a child annotation links it to its parent; a value of -1 marks an explicit
-    orphan; when the key is absent (or null) the parent is inferred by containment.
+    orphan; when the key is absent (or null) the parent is inferred by containment (the
+    parent-class object containing it most, if >= ``pair_min_containment``). A link to a missing
+    annotation, another image or the wrong class is an error (dropped with ``skip_invalid``).
+    A link whose child lies less than ``pair_min_containment`` inside its parent is weak:
+    ``pair_check='warn'`` keeps it and warns once (count and first ids), ``'error'`` raises
+    `InvalidAnnotationError` (whatever ``skip_invalid``), ``'off'`` skips the check.
     """
+    if pair_check not in PAIR_CHECKS:
+        raise ValueError(f"pair_check must be one of {PAIR_CHECKS}, got {pair_check!r}")
     ann_file = str(ann_file)
     data = _read_json(ann_file)
     problem = _Problems(ann_file, skip_invalid)
@@ -300,12 +352,14 @@ def load_coco_json(ann_file: str, img_folder: Optional[str] = None,
     images = _usable_images(data, img_folder, ctx)
     kept = _usable_annotations(data, images, ctx, box_tolerance)
     link, ignored = _explicit_links(data, images, kept, ctx)
+    weak = None if pair_check == "off" else _weak_links(kept, link, pair_min_containment)
     records, n_explicit, n_inferred = _image_records(images, kept, link, ctx, pair_min_containment)
 
     if not records or not kept:
         raise InvalidAnnotationError(
             f"{ann_file}: empty split ({len(records)} usable images, {len(kept)} usable annotations"
             f"{'; after skipping invalid entries' if problem.counts else ''})")
+    _report_weak(weak, ann_file, pair_min_containment, pair_check)
     skipped = Counter(problem.counts)
     if skipped:
         detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(skipped.items()))
@@ -317,4 +371,7 @@ def load_coco_json(ann_file: str, img_folder: Optional[str] = None,
     return CocoIndex(ann_file=ann_file, class_names=names, label_to_category=l2c,
                      parent_of=parent_of, images=records, coco_dict=clean, skipped=skipped,
                      pairs_explicit=int(n_explicit), pairs_inferred=int(n_inferred),
-                     parent_ids_ignored=ignored)
+                     parent_ids_ignored=ignored,
+                     pair_min_containment=float(pair_min_containment),
+                     pairs_weak=None if weak is None else len(weak),
+                     weak_links=[] if weak is None else weak[:_FIRST])

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..core.registry import ConfigError, register
-from .annotations import CocoIndex, InvalidAnnotationError, load_coco_json
+from .annotations import PAIR_CHECKS, CocoIndex, InvalidAnnotationError, load_coco_json
 
 __all__ = ["CocoDetection", "get_coco_api_from_dataset", "read_image"]
 
@@ -48,8 +48,12 @@ class CocoDetection(Dataset):
         class_names: class list; categories are matched by name, labels follow this order.
             Default: all categories of the file in order of category id.
         relations: ``[{child: name, parent: name}]``.
-        pair_min_containment: threshold for inferring a missing ``parent_id``.
+        pair_min_containment: share of a child's area inside its parent needed to infer a
+            missing ``parent_id``, and below which an explicit link is weak.
         skip_invalid: drop invalid annotations/images with one warning instead of failing.
+        pair_check: weak explicit links: ``warn`` (default: kept, one warning with the count and
+            the first annotation ids), ``error`` (refused), ``off`` (not checked). The count is
+            ``index.pairs_weak``.
     """
     __inject__ = ["transforms"]
     __share__ = ["class_names", "relations", "remap_mscoco_category"]
@@ -57,10 +61,13 @@ class CocoDetection(Dataset):
     def __init__(self, img_folder: str, ann_file: str, transforms=None, return_masks: bool = False,
                  remap_mscoco_category: bool = False, class_names: Optional[Sequence[str]] = None,
                  relations: Optional[Sequence[dict]] = None, pair_min_containment: float = 0.5,
-                 skip_invalid: bool = False):
+                 skip_invalid: bool = False, pair_check: str = "warn"):
         if return_masks:
             raise ConfigError(f"CocoDetection({ann_file}): return_masks=True is not supported "
                               f"(this project detects boxes only)")
+        if pair_check not in PAIR_CHECKS:
+            raise ConfigError(f"CocoDetection({ann_file}): pair_check must be one of "
+                              f"{list(PAIR_CHECKS)}, got {pair_check!r}")
         if not os.path.isdir(img_folder):
             raise FileNotFoundError(f"image folder {img_folder} (for {ann_file}) does not exist")
         self.img_folder, self.ann_file = str(img_folder), str(ann_file)
@@ -69,10 +76,12 @@ class CocoDetection(Dataset):
         self.remap_mscoco_category = bool(remap_mscoco_category)
         self.relations = list(relations or [])
         self.pair_min_containment = float(pair_min_containment)
+        self.pair_check = pair_check
         self.index: CocoIndex = load_coco_json(
             self.ann_file, self.img_folder, class_names=class_names, relations=self.relations,
             remap_mscoco_category=self.remap_mscoco_category,
-            pair_min_containment=self.pair_min_containment, skip_invalid=skip_invalid)
+            pair_min_containment=self.pair_min_containment, skip_invalid=skip_invalid,
+            pair_check=pair_check)
         self.ids = [r.image_id for r in self.index.images]
         self._coco = None
         self._epoch = -1

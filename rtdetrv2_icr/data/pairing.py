@@ -7,15 +7,17 @@ YOLO importer, the statistics tool and the transforms share one definition.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from ..core.relations import parent_of_list, resolve_relations
 from ..ops.boxes import containment
 
-__all__ = ["containment", "parents_by_label", "best_parents", "remap_parent_idx",
-           "parent_idx_is_consistent"]
+__all__ = ["containment", "parents_by_label", "best_parents", "assign_parents",
+           "remap_parent_idx", "parent_idx_is_consistent"]
 
 
 def parents_by_label(relations: Optional[Sequence[dict]], class_names: Sequence[str],
@@ -52,6 +54,53 @@ def best_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: Seq
         if float(c[best]) >= min_containment:
             out[i] = int(idx[best])
     return out
+
+
+def assign_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: Sequence[int],
+                   min_containment: float = 0.5,
+                   fixed: Optional[Sequence[int]] = None) -> Tuple[List[int], List[bool]]:
+    """Pair children with parents by containment, one child of a class per parent if possible.
+
+    ``boxes_xyxy`` [N, 4], ``labels`` [N], ``parent_of[label]`` the parent label or -1.
+    ``fixed`` [N]: links already decided (parent index, or -1 = pair this child here); a parent
+    with a fixed link counts as taken for the other children of that class.
+
+    Per child class, the unpaired children and the free parent-class objects are matched over the
+    pairs with containment >= ``min_containment``: first as many pairs as possible, then the
+    largest summed containment (scipy's ``linear_sum_assignment``). A child left over (every
+    parent that contains it enough is taken) then joins the parent-class object containing it
+    most (first maximum), and is flagged as sharing that parent.
+
+    Returns ``(parent, shared)``: [N] parent index or -1, and [N] bool (True = shared parent).
+    """
+    n = len(labels)
+    parent = [int(p) for p in fixed] if fixed is not None else [-1] * n
+    shared = [False] * n
+    if n == 0:
+        return parent, shared
+    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float64).reshape(-1, 4)
+    for c in sorted(set(labels)):
+        p_cls = parent_of[c] if 0 <= c < len(parent_of) else -1
+        if p_cls < 0:
+            continue
+        kids = [i for i in range(n) if labels[i] == c and parent[i] < 0]
+        cands = [j for j in range(n) if labels[j] == p_cls]
+        if not kids or not cands:
+            continue
+        taken = {parent[i] for i in range(n) if labels[i] == c and parent[i] >= 0}
+        cont = containment(boxes[kids][:, None], boxes[cands][None]).numpy()   # [K, P]
+        ok = cont >= min_containment
+        free = np.array([j not in taken for j in cands])
+        # a weight above any sum of containments per pair: the number of pairs comes first
+        weight = np.where(ok & free[None], len(kids) + 1 + cont, 0.0)
+        for r, k in zip(*linear_sum_assignment(weight, maximize=True)):
+            if weight[r, k] > 0:
+                parent[kids[r]] = cands[k]
+        for r, i in enumerate(kids):
+            if parent[i] < 0 and ok[r].any():
+                parent[i] = cands[int(np.argmax(np.where(ok[r], cont[r], -1.0)))]
+                shared[i] = True
+    return parent, shared
 
 
 def remap_parent_idx(orig_parent: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

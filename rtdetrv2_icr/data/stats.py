@@ -2,12 +2,13 @@
 size buckets, children per image, and how many children have a parent."""
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .annotations import CocoIndex, load_coco_json
+from .annotations import CocoIndex, WeakLinkWarning, load_coco_json
 
 __all__ = ["dataset_statistics", "format_statistics", "SMALL", "MEDIUM"]
 
@@ -63,6 +64,8 @@ def dataset_statistics(index: CocoIndex) -> dict:
         "classes": out_classes,
         "relations": [{"child": names[c], "parent": names[p]} for c, p in enumerate(index.parent_of) if p >= 0],
         "pairs_explicit": index.pairs_explicit, "pairs_inferred": index.pairs_inferred,
+        "pairs_weak": index.pairs_weak, "min_containment": index.pair_min_containment,
+        "weak_links": [list(w) for w in index.weak_links],
         "children": children, "parents": parents,
     }
 
@@ -90,6 +93,13 @@ def format_statistics(st: dict) -> str:
                      f"parent_id, {st['pairs_inferred']} inferred by containment); "
                      f"{pa['with_child']}/{pa['total']} parents carry a child "
                      f"({_pct(pa['with_child'], pa['total']).strip()})")
+        if st.get("pairs_weak"):
+            first = ", ".join(f"{a} -> {p} ({c:.2f})" for a, p, c in st["weak_links"])
+            more = " ..." if st["pairs_weak"] > len(st["weak_links"]) else ""
+            lines.append(f"weak links: {st['pairs_weak']}/{st['pairs_explicit']} explicit "
+                         f"parent_id links have the child less than "
+                         f"{st['min_containment']:g} inside its parent (first child -> "
+                         f"parent ids: {first}{more})")
     else:
         lines.append("pairing: no relations configured")
     return "\n".join(lines)
@@ -103,6 +113,8 @@ def statistics_of_file(ann_file: str, class_names: Optional[Sequence[str]] = Non
     if relations is None:
         relations = default_relations(index.class_names)
     if relations:
-        index = load_coco_json(ann_file, None, class_names=class_names, relations=relations,
-                               pair_min_containment=min_containment)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WeakLinkWarning)     # counted in the statistics
+            index = load_coco_json(ann_file, None, class_names=class_names, relations=relations,
+                                   pair_min_containment=min_containment)
     return dataset_statistics(index)
