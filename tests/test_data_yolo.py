@@ -19,7 +19,6 @@ from rtdetrv2_icr.data import (
     InvalidAnnotationError,
     SceneConfig,
     assign_parents,
-    best_parents,
     dataset_statistics,
     format_pairing_summary,
     format_statistics,
@@ -331,8 +330,8 @@ Q1, Q2 = [27, 44, 33, 46], [65, 78, 75, 82]
 def test_assign_parents_one_child_per_parent_where_possible():
     boxes = torch.tensor([BUS, CAR, Q1, Q2], dtype=torch.float64)
     labels, parent_of = [1, 1, 0, 0], [1, -1]
-    # the largest containment alone gives Q1 to the bus (tie, first) and the bus two plates
-    assert best_parents(boxes, labels, parent_of) == [-1, -1, 0, 0]
+    # by the largest containment alone Q1 would go to the bus (a tie, first) and the bus would
+    # carry two plates; the matching gives Q1 the car
     assert assign_parents(boxes, labels, parent_of) == ([-1, -1, 1, 0], [False] * 4)
     # the bus already has Q1 by a fixed link: Q2 fits no free vehicle, so it shares the bus
     assert assign_parents(boxes, labels, parent_of, fixed=[-1, -1, 0, -1]) == (

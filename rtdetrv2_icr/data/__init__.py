@@ -5,7 +5,7 @@ Importing this package registers `CocoDetection`, the transforms (`Compose`, ...
 """
 from .annotations import (CocoIndex, ImageRecord, InvalidAnnotationError, load_coco_json,
                           MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category)
-from .pairing import (assign_parents, best_parents, containment, parent_idx_is_consistent,
+from .pairing import (assign_parents, containment, parent_idx_is_consistent,
                       parents_by_label, remap_parent_idx)
 from .transforms import (Compose, ConvertBoxes, ConvertPILImage, Normalize, RandomCrop,
                          RandomHorizontalFlip, RandomIoUCrop, RandomPhotometricDistort,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core.mscoco import MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category
-from .pairing import best_parents, containment, parents_by_label
+from .pairing import assign_parents, containment, parents_by_label
 
 __all__ = ["CocoIndex", "ImageRecord", "load_coco_json", "InvalidAnnotationError",
            "WeakLinkWarning", "PAIR_CHECKS", "MSCOCO_CATEGORIES", "mscoco_category_to_label",
@@ -306,13 +306,11 @@ def _image_records(images: Dict[int, dict], kept: Dict[int, dict], link: Dict[in
         parent = [pos.get(link[a["id"]], -1) if a["id"] in link else -1 for a in anns]
         need = [a["id"] not in link and ctx.parent_of[lab] >= 0 for a, lab in zip(anns, labels)]
         n_explicit += sum(p >= 0 for p in parent)
-        if any(need):
-            inferred = best_parents(torch.from_numpy(boxes), labels, ctx.parent_of,
-                                    min_containment, candidates=need)
-            for k in range(len(anns)):
-                if need[k] and inferred[k] >= 0:
-                    parent[k] = inferred[k]
-                    n_inferred += 1
+        if any(need):   # one child per parent where possible, as the YOLO importer pairs
+            inferred, _ = assign_parents(torch.from_numpy(boxes), labels, ctx.parent_of,
+                                         min_containment, fixed=parent, candidates=need)
+            n_inferred += sum(need[k] and inferred[k] >= 0 for k in range(len(anns)))
+            parent = inferred
         records.append(ImageRecord(
             image_id=image_id, file_name=im["file_name"], width=int(im["width"]),
             height=int(im["height"]), boxes=boxes,

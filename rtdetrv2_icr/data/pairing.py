@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from ..core.relations import parent_of_list, resolve_relations
 from ..ops.boxes import containment
 
-__all__ = ["containment", "parents_by_label", "best_parents", "assign_parents",
+__all__ = ["containment", "parents_by_label", "assign_parents",
            "remap_parent_idx", "parent_idx_is_consistent"]
 
 
@@ -28,42 +28,15 @@ def parents_by_label(relations: Optional[Sequence[dict]], class_names: Sequence[
     return parent_of_list(resolve_relations(relations, names, where), len(names))
 
 
-def best_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: Sequence[int],
-                 min_containment: float = 0.5, candidates: Optional[Sequence[bool]] = None) -> List[int]:
-    """Infer a parent for each object of a child class from containment.
-
-    Returns, per object, the index of the parent-class object that contains it most, if that
-    containment is >= ``min_containment``; otherwise -1. ``candidates`` (per object) limits which
-    objects need a parent (the others get -1). Ties go to the earlier object.
-    """
-    n = len(labels)
-    out = [-1] * n
-    if n == 0:
-        return out
-    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float64).reshape(-1, 4)
-    labels_t = torch.as_tensor(list(labels), dtype=torch.long)
-    for i in range(n):
-        p_cls = parent_of[labels[i]] if 0 <= labels[i] < len(parent_of) else -1
-        if p_cls < 0 or (candidates is not None and not candidates[i]):
-            continue
-        idx = torch.nonzero(labels_t == p_cls).flatten()
-        if idx.numel() == 0:
-            continue
-        c = containment(boxes[i], boxes[idx])                            # [K]
-        best = int(torch.argmax(c))          # first maximum
-        if float(c[best]) >= min_containment:
-            out[i] = int(idx[best])
-    return out
-
-
 def assign_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: Sequence[int],
-                   min_containment: float = 0.5,
-                   fixed: Optional[Sequence[int]] = None) -> Tuple[List[int], List[bool]]:
+                   min_containment: float = 0.5, fixed: Optional[Sequence[int]] = None,
+                   candidates: Optional[Sequence[bool]] = None) -> Tuple[List[int], List[bool]]:
     """Pair children with parents by containment, one child of a class per parent if possible.
 
     ``boxes_xyxy`` [N, 4], ``labels`` [N], ``parent_of[label]`` the parent label or -1.
     ``fixed`` [N]: links already decided (parent index, or -1 = pair this child here); a parent
-    with a fixed link counts as taken for the other children of that class.
+    with a fixed link counts as taken for the other children of that class. ``candidates`` [N]:
+    which children may be paired here (default: every child without a fixed link).
 
     Per child class, the unpaired children and the free parent-class objects are matched over the
     pairs with containment >= ``min_containment``: first as many pairs as possible, then the
@@ -83,7 +56,8 @@ def assign_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: S
         p_cls = parent_of[c] if 0 <= c < len(parent_of) else -1
         if p_cls < 0:
             continue
-        kids = [i for i in range(n) if labels[i] == c and parent[i] < 0]
+        kids = [i for i in range(n) if labels[i] == c and parent[i] < 0
+                and (candidates is None or candidates[i])]
         cands = [j for j in range(n) if labels[j] == p_cls]
         if not kids or not cands:
             continue
