@@ -528,7 +528,7 @@ def test_skip_bad_images_takes_the_next_good_one_and_counts(tmp_path):
     ds = CocoDetection(img_dir, ann_file, None, skip_bad_images=True)
     assert ds.bad_images == {}
     with pytest.warns(UserWarning) as rec:
-        got = [int(ds[i][1]["image_id"]) for i in range(len(ds))]
+        got = [int(t["image_id"]) for _, t in ds]  # iteration stops at the end
     assert got == [1, 4, 4, 4, 1]  # the next usable image in index order, wrapping
     assert ds.bad_images == {"b.jpg": "truncated", "c.jpg": "empty", "e.jpg": "size_mismatch"}
     msgs = [str(w.message) for w in rec]
@@ -539,7 +539,9 @@ def test_skip_bad_images_takes_the_next_good_one_and_counts(tmp_path):
     # deterministic, and a known bad image is not decoded again
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert [int(ds[i][1]["image_id"]) for i in (2, 4, 1)] == [4, 1, 4]
+        assert [int(ds[i][1]["image_id"]) for i in (2, 4, 1, -1)] == [4, 1, 4, 1]
+    with pytest.raises(IndexError):
+        ds[5]
     with pytest.warns(UserWarning, match=r"3 bad image\(s\) skipped: b\.jpg \(truncated\)"):
         ds.set_epoch(1)
     with warnings.catch_warnings():

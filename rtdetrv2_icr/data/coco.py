@@ -173,6 +173,7 @@ class CocoDetection(Dataset):
         if self._bad is None:
             return self.load_item(idx)
         n = len(self)
+        idx = range(n)[idx]  # IndexError past the end (iteration relies on it), negatives wrap
         for step in range(n):
             j = (idx + step) % n
             if self._bad.is_bad(j):
