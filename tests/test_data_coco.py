@@ -1,6 +1,7 @@
 """CocoDetection: targets, labels and category mapping, parent links, and every bad-input case."""
 
 import json
+import pickle
 import re
 import warnings
 
@@ -13,15 +14,18 @@ from torchvision import tv_tensors
 from rtdetrv2_icr.core import create
 from rtdetrv2_icr.core.registry import ConfigError
 from rtdetrv2_icr.data import (
+    BadImageError,
     CocoDetection,
     InvalidAnnotationError,
     dataset_statistics,
     format_statistics,
+    displayed_size,
     get_coco_api_from_dataset,
     load_coco_json,
     mscoco_category_to_label,
 )
 from rtdetrv2_icr.data.annotations import WeakLinkWarning
+from rtdetrv2_icr.data.images import EXIF_ORIENTATION_TAG, to_rgb
 
 REL = [{"child": "plate", "parent": "vehicle"}]
 CATS = [{"id": 1, "name": "plate"}, {"id": 2, "name": "vehicle"}]
@@ -404,3 +408,265 @@ def test_pair_check_from_config_and_bad_links_stay_errors(tmp_path):
     kinds = sorted(type(w.message).__name__ for w in rec)
     assert kinds == ["UserWarning", "WeakLinkWarning"]
     assert ds.skipped == {"parent_missing": 1} and ds.index.pairs_weak == 1
+
+
+# ---- odd images: decoding, EXIF orientation, errors and skip_bad_images -------------------------
+
+
+def odd_split(tmp_path, names, size=(96, 64)):
+    """A split of images ``names`` (one plate each, all ``size``); returns (img_dir, ann_file)."""
+    images = [
+        {"id": i + 1, "file_name": n, "width": size[0], "height": size[1]}
+        for i, n in enumerate(names)
+    ]
+    anns = [ann(i + 1, i + 1, 1, [10, 10, 20, 12]) for i in range(len(names))]
+    return make_split(tmp_path, anns, images=images)
+
+
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def noisy_jpeg(path, size=(96, 64)):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def spoil_truncated(p):
+    noisy_jpeg(p)
+    truncate(p)
+
+
+ODD_FILES = {  # file name, how to spoil it, reason, message part
+    "truncated_jpeg": ("b.jpg", spoil_truncated, "truncated", r"cannot read image .*truncated"),
+    "missing_eoi": ("b.jpg", lambda p: (noisy_jpeg(p), truncate(p, 0.999)), "truncated", "trunc"),
+    "zero_bytes": ("b.jpg", lambda p: p.write_bytes(b""), "empty", r"is empty \(0 bytes\)"),
+    "not_an_image": ("b.png", lambda p: p.write_bytes(b"GIF89a junk"), "unreadable", "not an"),
+    "float_tiff": (
+        "b.tif",
+        lambda p: Image.new("F", (96, 64), 0.5).save(p),
+        "unsupported",
+        r"floating-point images \(mode F\)",
+    ),
+    "wrong_size": (
+        "b.png",
+        lambda p: Image.new("RGB", (50, 50)).save(p),
+        "size_mismatch",
+        r"is 50x50 but the json says 96x64$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_FILES))
+def test_odd_image_error_names_file_and_image_id(tmp_path, case):
+    name, spoil, reason, pattern = ODD_FILES[case]
+    img_dir, ann_file = odd_split(tmp_path, ["a.png", name])
+    spoil(tmp_path / "images" / name)
+    ds = CocoDetection(img_dir, ann_file, None)
+    assert ds[0][0].size == (96, 64)
+    with pytest.raises(BadImageError) as e:
+        ds[1]
+    msg = str(e.value)
+    assert msg.startswith(f"{ann_file}: image id 2: ") and f"images/{name}" in msg, msg
+    assert re.search(pattern, msg) and e.value.reason == reason, msg
+    assert isinstance(e.value, InvalidAnnotationError)
+    back = pickle.loads(pickle.dumps(e.value))
+    assert (str(back), back.reason, back.path) == (msg, reason, e.value.path)
+
+
+def test_image_deleted_after_construction(tmp_path):
+    img_dir, ann_file = odd_split(tmp_path, ["a.png", "b.png"])
+    ds = CocoDetection(img_dir, ann_file, None)
+    (tmp_path / "images" / "b.png").unlink()
+    with pytest.raises(BadImageError, match=r"image id 2: image file .*b\.png does not exist"):
+        ds[1]
+
+
+def test_grayscale_alpha_palette_become_rgb(tmp_path):
+    img = tmp_path / "images"
+    img_dir, ann_file = odd_split(tmp_path, ["l.png", "rgba.png", "la.png", "p.png", "pt.png"])
+    Image.new("L", (96, 64), 77).save(img / "l.png")
+    Image.new("RGBA", (96, 64), (10, 20, 30, 0)).save(img / "rgba.png")  # fully transparent
+    Image.new("LA", (96, 64), (200, 5)).save(img / "la.png")
+    pal = Image.new("P", (96, 64), 1)
+    pal.putpalette([0, 0, 0, 250, 40, 9] + [0] * 762)
+    pal.save(img / "p.png")
+    pal.save(img / "pt.png", transparency=1)  # palette entry 1 transparent
+    ds = CocoDetection(img_dir, ann_file, None)
+    expected = [(77, 77, 77), (10, 20, 30), (200, 200, 200), (250, 40, 9), (250, 40, 9)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no PIL warning about palette transparency
+        for i, rgb in enumerate(expected):
+            im, t = ds[i]
+            a = np.asarray(im)
+            assert im.mode == "RGB" and a.shape == (64, 96, 3) and a.dtype == np.uint8
+            assert (a == np.array(rgb, np.uint8)).all(), (i, a[0, 0])
+            assert t["boxes"][0].tolist() == [10, 10, 30, 22]
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 96 * 64).round().astype(np.uint16).reshape(64, 96)
+    ramp[0, :4] = [0, 255, 257, 32768]
+    ramp[-1, -1] = 65535
+    img_dir, ann_file = odd_split(tmp_path, ["g16.png"])
+    im16 = Image.fromarray(ramp)
+    assert im16.mode == "I;16"
+    im16.save(tmp_path / "images" / "g16.png")
+    assert Image.open(tmp_path / "images" / "g16.png").mode == "I;16"
+    a = np.asarray(CocoDetection(img_dir, ann_file, None)[0][0])
+    assert a.shape == (64, 96, 3) and (a == a[..., :1]).all()
+    assert a[0, :4, 0].tolist() == [0, 0, 1, 128] and a.max() == 255 and a.min() == 0
+    assert (a[..., 0] == (ramp >> 8)).all()  # 0..65535 -> 0..255, the high byte
+    # the same for mode I (32-bit) holding 16-bit values, and a clear error beyond 16 bits
+    assert (np.asarray(to_rgb(Image.fromarray(ramp.astype(np.int32))))[..., 0] == ramp >> 8).all()
+    with pytest.raises(BadImageError, match=r"mode I with values 0\.\.70000"):
+        to_rgb(Image.fromarray(np.array([[0, 70000]], np.int32)), "x.tif")
+
+
+# EXIF orientation o -> the transpose that turns the displayed image into the stored one
+TO_STORED = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def save_with_orientation(image, path, orientation):
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = orientation
+    image.save(path, exif=exif.tobytes(), quality=95)
+
+
+@pytest.mark.parametrize("orientation", sorted(TO_STORED))
+def test_exif_orientation_keeps_boxes_on_the_object(tmp_path, orientation):
+    shown = Image.new("RGB", (96, 64), (0, 0, 0))  # as the annotation tool displayed it
+    box = [60, 8, 24, 16]  # x, y, w, h on the displayed image
+    shown.paste((255, 255, 255), (60, 8, 84, 24))
+    img_dir, ann_file = make_split(
+        tmp_path,
+        [ann(1, 1, 2, box)],
+        images=[{"id": 1, "file_name": "e.jpg", "width": 96, "height": 64}],
+        write_images=False,
+    )
+    save_with_orientation(
+        shown.transpose(TO_STORED[orientation]), tmp_path / "images/e.jpg", orientation
+    )
+    stored = Image.open(tmp_path / "images/e.jpg").size
+    assert stored == ((64, 96) if orientation >= 5 else (96, 64))
+    assert displayed_size(str(tmp_path / "images/e.jpg")) == (96, 64)
+    im, t = CocoDetection(img_dir, ann_file, None)[0]
+    image = torch.from_numpy(np.array(im)).permute(2, 0, 1) / 255.0
+    assert image.shape == (3, 64, 96)
+    x0, y0, x1, y1 = (int(v) for v in t["boxes"][0].tolist())
+    assert (x0, y0, x1, y1) == (60, 8, 84, 24)
+    inside = image[:, y0 + 2 : y1 - 2, x0 + 2 : x1 - 2]
+    outside = image.clone()
+    outside[:, y0 - 2 : y1 + 2, x0 - 2 : x1 + 2] = 0
+    assert inside.min() > 0.8 and outside.max() < 0.2
+
+
+def test_exif_orientation_six_by_hand(tmp_path):
+    """Orientation 6: stored row 0 is the displayed right-hand column, stored column 0 the
+    displayed top row, so the stored top-left corner shows at the top right."""
+    stored = Image.new("RGB", (96, 64), (0, 0, 0))
+    stored.paste((255, 255, 255), (0, 0, 8, 8))
+    img_dir, ann_file = make_split(
+        tmp_path,
+        [ann(1, 1, 2, [48, 0, 16, 16])],
+        images=[{"id": 1, "file_name": "e.jpg", "width": 64, "height": 96}],
+        write_images=False,
+    )
+    save_with_orientation(stored, tmp_path / "images/e.jpg", 6)
+    a = np.asarray(CocoDetection(img_dir, ann_file, None)[0][0])
+    assert a.shape == (96, 64, 3)
+    assert a[1:7, 57:63].min() > 200 and a[1:7, 1:7].max() < 50
+
+
+def test_exif_size_mismatch_says_exif(tmp_path):
+    """A json with the stored (unrotated) size is refused, with the EXIF explanation."""
+    img_dir, ann_file = odd_split(tmp_path, ["e.jpg"], size=(96, 64))
+    save_with_orientation(Image.new("RGB", (96, 64)), tmp_path / "images/e.jpg", 6)
+    ds = CocoDetection(img_dir, ann_file, None)
+    with pytest.raises(BadImageError) as e:
+        ds[0]
+    msg = str(e.value)
+    assert msg.startswith(f"{ann_file}: image id 1: ") and "e.jpg is 64x96" in msg, msg
+    assert "json says 96x64" in msg and "EXIF orientation 6" in msg and "stored 96x64" in msg
+    assert "remove the file's EXIF orientation tag" in msg
+    # orientation 3 keeps the size: accepted (boxes in the displayed frame)
+    save_with_orientation(Image.new("RGB", (96, 64)), tmp_path / "images/e.jpg", 3)
+    assert ds[0][0].size == (96, 64)
+
+
+def bad_split(tmp_path):
+    """a good, b truncated, c empty, d good, e wrong size."""
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    img_dir, ann_file = odd_split(tmp_path, names)
+    truncate(tmp_path / "images/b.jpg", 0.3)
+    (tmp_path / "images/c.jpg").write_bytes(b"")
+    Image.new("RGB", (64, 64)).save(tmp_path / "images/e.jpg")
+    return img_dir, ann_file
+
+
+def test_skip_bad_images_takes_the_next_good_one_and_counts(tmp_path):
+    img_dir, ann_file = bad_split(tmp_path)
+    ds = CocoDetection(img_dir, ann_file, None, skip_bad_images=True)
+    assert ds.bad_images == {}
+    with pytest.warns(UserWarning) as rec:
+        got = [int(t["image_id"]) for _, t in ds]  # iteration stops at the end
+    assert got == [1, 4, 4, 4, 1]  # the next usable image in index order, wrapping
+    assert ds.bad_images == {"b.jpg": "truncated", "c.jpg": "empty", "e.jpg": "size_mismatch"}
+    msgs = [str(w.message) for w in rec]
+    assert len(msgs) == 2, msgs  # the first skip, then the count at 2 (powers of two)
+    assert msgs[0].startswith(f"{ann_file}: image id 2: cannot read image ")
+    assert "b.jpg" in msgs[0] and "skipped (skip_bad_images)" in msgs[0]
+    assert "2 bad images skipped so far (latest c.jpg: empty)" in msgs[1]
+    # deterministic, and a known bad image is not decoded again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [int(ds[i][1]["image_id"]) for i in (2, 4, 1, -1)] == [4, 1, 4, 1]
+    with pytest.raises(IndexError):
+        ds[5]
+    with pytest.warns(UserWarning, match=r"3 bad image\(s\) skipped: b\.jpg \(truncated\)"):
+        ds.set_epoch(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds.set_epoch(2)  # nothing new: no report
+
+
+def test_skip_bad_images_all_bad(tmp_path):
+    img_dir, ann_file = odd_split(tmp_path, ["a.jpg", "b.jpg"])
+    for n in ("a.jpg", "b.jpg"):
+        (tmp_path / "images" / n).write_bytes(b"")
+    ds = CocoDetection(img_dir, ann_file, None, skip_bad_images=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InvalidAnnotationError, match=r"no usable image left \(2 bad image"):
+            ds[1]
+
+
+def test_bad_image_through_a_dataloader_worker(tmp_path):
+    img_dir, ann_file = bad_split(tmp_path)
+    ds = CocoDetection(img_dir, ann_file, None)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=list)
+    with pytest.raises(BadImageError) as e:
+        list(loader)
+    lines = str(e.value).splitlines()
+    # the worker's message comes first, not after torch's "Caught ..." and the traceback
+    assert lines[0].startswith(f"{ann_file}: image id 2: cannot read image "), lines[:3]
+    assert "b.jpg" in lines[0] and "truncated" in lines[0]
+    assert (
+        lines[1] == "[Caught BadImageError in DataLoader worker process 0; the worker's "
+        "traceback follows]"
+    )
+    # skipping in the worker: the main process's dataset sees the count (shared memory)
+    ds = CocoDetection(img_dir, ann_file, None, skip_bad_images=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=list)
+    got = [int(t["image_id"]) for batch in loader for _, t in batch]
+    assert got == [1, 4, 4, 4, 1]
+    assert ds.bad_images == {"b.jpg": "truncated", "c.jpg": "empty", "e.jpg": "size_mismatch"}

@@ -10,6 +10,7 @@ import random
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -394,3 +395,27 @@ def test_auto_recovers_synthetic_pairs_from_shuffled_lines(tmp_path):
         yolo_to_coco(
             str(tmp_path / "train" / "images"), str(lbl), ["plate", "vehicle"], pairing="order"
         )
+
+
+def test_exif_rotated_image_sized_as_displayed(tmp_path):
+    """YOLO coordinates are fractions of the displayed (EXIF-oriented) image: the json gets the
+    displayed size and the dataset decodes the object under its box."""
+    img_dir, lbl_dir = tmp_path / "images", tmp_path / "labels"
+    img_dir.mkdir()
+    lbl_dir.mkdir()
+    shown = Image.new("RGB", (200, 100))
+    shown.paste((255, 255, 255), (130, 15, 170, 35))  # vehicle at cx .75, cy .25, w .2, h .2
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated 90 CCW, displayed after a 90 CW turn
+    shown.transpose(Image.Transpose.ROTATE_90).save(img_dir / "r.jpg", exif=exif.tobytes())
+    (lbl_dir / "r.txt").write_text("1 0.75 0.25 0.2 0.2\n")
+    coco = yolo_to_coco(str(img_dir), str(lbl_dir), ["plate", "vehicle"], pairing="containment")
+    assert Image.open(img_dir / "r.jpg").size == (100, 200)
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (200, 100)
+    assert coco["annotations"][0]["bbox"] == [130, 15, 40, 20]
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(coco))
+    image, t = CocoDetection(str(img_dir), str(ann_file), None)[0]
+    x0, y0, x1, y1 = (int(v) for v in t["boxes"][0].tolist())
+    a = np.asarray(image)
+    assert a.shape == (100, 200, 3) and a[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].min() > 200

@@ -11,7 +11,8 @@ from .transforms import (Compose, ConvertBoxes, ConvertPILImage, Normalize, Rand
                          RandomHorizontalFlip, RandomIoUCrop, RandomPhotometricDistort,
                          RandomZoomOut, Resize, SanitizeBoundingBoxes)
 from .collate import BatchImageCollateFunction, batch_image_collate_fn, multiscale_sizes
-from .coco import CocoDetection, get_coco_api_from_dataset, read_image
+from .images import BAD_IMAGE_REASONS, BadImageError, displayed_size, read_image
+from .coco import CocoDetection, get_coco_api_from_dataset
 from .yolo import format_pairing_summary, yolo_to_coco
 from .stats import dataset_statistics, format_statistics, statistics_of_file
 from .synthetic import SceneConfig, draw_scene, write_dataset, write_split

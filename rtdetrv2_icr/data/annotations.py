@@ -32,7 +32,21 @@ _FIRST = 5               # weak links named in a message
 
 
 class InvalidAnnotationError(ValueError):
-    """A dataset file that cannot be used as it is."""
+    """A dataset file that cannot be used as it is.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process with the message
+    ``"Caught ... in DataLoader worker process N.\\nOriginal Traceback ..."`` and the worker's
+    text on the last line; that text is moved to the front here, so it is the first line.
+    """
+
+    def __init__(self, msg: object = "", *args):
+        text = str(msg)
+        if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+            head, _, rest = text.partition("\nOriginal ")
+            last = rest.rstrip().rsplit("\n", 1)[-1]
+            own = last.split(": ", 1)[1] if "Error: " in last else last
+            msg = f"{own}\n[{head.rstrip('.')}; the worker's traceback follows]\n{rest}"
+        super().__init__(msg, *args)
 
 
 class WeakLinkWarning(UserWarning):

@@ -15,25 +15,16 @@ import io
 import os
 from typing import Dict, List, Optional, Sequence
 
-import PIL.Image
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..core.registry import ConfigError, register
 from .annotations import PAIR_CHECKS, CocoIndex, InvalidAnnotationError, load_coco_json
+from .bad_images import BadImageTally
+from .images import BadImageError, read_image
 
 __all__ = ["CocoDetection", "get_coco_api_from_dataset", "read_image"]
-
-
-def read_image(path: str, where: str = "") -> PIL.Image.Image:
-    """Open and decode an RGB image, with an error that says which file failed."""
-    try:
-        with PIL.Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:    # missing, truncated or not an image
-        raise InvalidAnnotationError(f"{where}cannot read image {path}: {e}") from e
 
 
 @register()
@@ -54,6 +45,13 @@ class CocoDetection(Dataset):
         pair_check: weak explicit links: ``warn`` (default: kept, one warning with the count and
             the first annotation ids), ``error`` (refused), ``off`` (not checked). The count is
             ``index.pairs_weak``.
+        skip_bad_images: an image that cannot be used when it is loaded (truncated, empty,
+            undecodable, unsupported, or not the json's size) is replaced by the next usable
+            image in index order, and counted (`bad_images`, warnings); otherwise it raises
+            `BadImageError` naming the file and the image id.
+
+    Images are decoded by `read_image`: RGB, EXIF orientation applied (boxes refer to the
+    displayed image), 16-bit scaled to 8-bit, alpha dropped.
     """
     __inject__ = ["transforms"]
     __share__ = ["class_names", "relations", "remap_mscoco_category"]
@@ -61,7 +59,8 @@ class CocoDetection(Dataset):
     def __init__(self, img_folder: str, ann_file: str, transforms=None, return_masks: bool = False,
                  remap_mscoco_category: bool = False, class_names: Optional[Sequence[str]] = None,
                  relations: Optional[Sequence[dict]] = None, pair_min_containment: float = 0.5,
-                 skip_invalid: bool = False, pair_check: str = "warn"):
+                 skip_invalid: bool = False, pair_check: str = "warn",
+                 skip_bad_images: bool = False):
         if return_masks:
             raise ConfigError(f"CocoDetection({ann_file}): return_masks=True is not supported "
                               f"(this project detects boxes only)")
@@ -83,6 +82,9 @@ class CocoDetection(Dataset):
             pair_min_containment=self.pair_min_containment, skip_invalid=skip_invalid,
             pair_check=pair_check)
         self.ids = [r.image_id for r in self.index.images]
+        self.skip_bad_images = bool(skip_bad_images)
+        self._bad = (BadImageTally([r.file_name for r in self.index.images], self.ann_file)
+                     if self.skip_bad_images else None)
         self._coco = None
         self._epoch = -1
 
@@ -107,6 +109,11 @@ class CocoDetection(Dataset):
     @property
     def skipped(self):
         return self.index.skipped
+
+    @property
+    def bad_images(self) -> Dict[str, str]:
+        """file name -> reason of the images skipped so far by any process (skip_bad_images)."""
+        return self._bad.items() if self._bad is not None else {}
 
     # upstream-style names
     @property
@@ -140,6 +147,8 @@ class CocoDetection(Dataset):
     # -- epochs (stop_epoch policy) --------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         self._epoch = int(epoch)
+        if self._bad is not None:
+            self._bad.report()
         if hasattr(self.transforms, "set_epoch"):
             self.transforms.set_epoch(epoch)
 
@@ -155,10 +164,7 @@ class CocoDetection(Dataset):
         rec = self.index.images[idx]
         path = os.path.join(self.img_folder, rec.file_name)
         where = f"{self.ann_file}: image id {rec.image_id}: "
-        image = read_image(path, where)
-        if image.size != (rec.width, rec.height):
-            raise InvalidAnnotationError(f"{where}{path} is {image.size[0]}x{image.size[1]} but the "
-                                         f"json says {rec.width}x{rec.height}")
+        image = read_image(path, where, expect_size=(rec.width, rec.height))
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes.copy()), format="XYXY",
                                               canvas_size=(rec.height, rec.width)),
@@ -171,8 +177,26 @@ class CocoDetection(Dataset):
         }
         return image, target
 
+    def load_usable_item(self, idx: int):
+        """`load_item` of ``idx`` or, under skip_bad_images, of the next usable image (in index
+        order, wrapping) when that one is bad."""
+        if self._bad is None:
+            return self.load_item(idx)
+        n = len(self)
+        idx = range(n)[idx]  # IndexError past the end (iteration relies on it), negatives wrap
+        for step in range(n):
+            j = (idx + step) % n
+            if self._bad.is_bad(j):
+                continue
+            try:
+                return self.load_item(j)
+            except BadImageError as e:
+                self._bad.add(j, e)
+        raise InvalidAnnotationError(
+            f"{self.ann_file}: skip_bad_images: no usable image left ({self._bad.summary()})")
+
     def __getitem__(self, idx: int):
-        image, target = self.load_item(idx)
+        image, target = self.load_usable_item(idx)
         if self.transforms is not None:
             out = self.transforms(image, target, self)
             image, target = out[0], out[1]

@@ -22,10 +22,10 @@ import os
 import warnings
 from typing import Dict, List, Optional, Sequence
 
-import PIL.Image
 import torch
 
 from .annotations import InvalidAnnotationError
+from .images import displayed_size
 from .pairing import assign_parents, containment, parents_by_label
 
 __all__ = ["yolo_to_coco", "parse_yolo_file", "IMAGE_EXTENSIONS", "default_relations",
@@ -232,9 +232,8 @@ def yolo_to_coco(images_dir: str, labels_dir: str, class_names: Sequence[str],
     ann_id = 1
     for image_id, stem in enumerate(sorted(images), start=1):
         path = os.path.join(images_dir, images[stem])
-        try:
-            with PIL.Image.open(path) as im:
-                width, height = im.size
+        try:  # YOLO labels are normalised to the displayed (EXIF-oriented) image
+            width, height = displayed_size(path)
         except (OSError, SyntaxError) as e:
             raise InvalidAnnotationError(f"cannot read image {path}: {e}") from e
         coco["images"].append({"id": image_id, "file_name": images[stem], "width": width,
