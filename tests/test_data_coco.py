@@ -18,13 +18,13 @@ from rtdetrv2_icr.data import (
     CocoDetection,
     InvalidAnnotationError,
     dataset_statistics,
-    format_statistics,
     displayed_size,
+    format_statistics,
     get_coco_api_from_dataset,
     load_coco_json,
     mscoco_category_to_label,
 )
-from rtdetrv2_icr.data.annotations import WeakLinkWarning
+from rtdetrv2_icr.data.errors import WeakLinkWarning
 from rtdetrv2_icr.data.images import EXIF_ORIENTATION_TAG, to_rgb
 
 REL = [{"child": "plate", "parent": "vehicle"}]

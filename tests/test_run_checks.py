@@ -7,11 +7,11 @@ import runpy
 
 import pytest
 import torch
+from test_engine_train import REPO, make_data, write_config
 
 from rtdetrv2_icr.core import ConfigError, YAMLConfig
 from rtdetrv2_icr.engine import Trainer
 from rtdetrv2_icr.engine.validate import check_config, check_metric_name
-from test_engine_train import REPO, make_data, write_config
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,11 @@ def test_missing_checkpoint_is_named_before_anything_else(setup, tmp_path):
     train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
     eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
     missing = str(tmp_path / "gone.pth")
-    for main, args in ((train_main, ["-r", missing]), (train_main, ["-t", missing]),
-                       (eval_main, ["-r", missing])):
+    for main, args in (
+        (train_main, ["-r", missing]),
+        (train_main, ["-t", missing]),
+        (eval_main, ["-r", missing]),
+    ):
         with pytest.raises(FileNotFoundError, match=r"not found: .*gone\.pth"):
             main(["-c", cfg, "-d", "cpu", *args])
 
@@ -66,15 +69,29 @@ def test_checkpoint_weights_mean_no_download(setup, tmp_path, monkeypatch):
     torch.save({"model": YAMLConfig(cfg).model.state_dict()}, ckpt)
     online = {"PResNet": {"pretrained": True}}
     with pytest.raises(RuntimeError, match="a download was attempted"):
-        YAMLConfig(cfg, **online).model          # without a checkpoint the config asks for it
+        YAMLConfig(cfg, **online).model  # without a checkpoint the config asks for it
     for key in ("resume", "tuning"):
         tr = Trainer(YAMLConfig(cfg, device="cpu", **online, **{key: ckpt}))
         assert tr.cfg.get("PResNet.pretrained") is False
-        tr._setup_model()                         # builds the model: no download
+        tr._setup_model()  # builds the model: no download
     eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
     out = str(tmp_path / "ev")
-    eval_main(["-c", cfg, "-r", ckpt, "-d", "cpu", "--weights", "model", "--out", out,
-               "-u", "PResNet.pretrained=True"])
+    eval_main(
+        [
+            "-c",
+            cfg,
+            "-r",
+            ckpt,
+            "-d",
+            "cpu",
+            "--weights",
+            "model",
+            "--out",
+            out,
+            "-u",
+            "PResNet.pretrained=True",
+        ]
+    )
     assert json.load(open(os.path.join(out, "metrics.json")))["split"] == "test"
 
 
@@ -84,7 +101,21 @@ def test_test_only_takes_split_and_no_amp(setup, tmp_path):
     torch.save({"model": YAMLConfig(cfg).model.state_dict()}, ckpt)
     train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
     out = str(tmp_path / "t")
-    train_main(["-c", cfg, "-r", ckpt, "--test-only", "--split", "test", "--no-amp", "-d", "cpu",
-                "--output-dir", out])
+    train_main(
+        [
+            "-c",
+            cfg,
+            "-r",
+            ckpt,
+            "--test-only",
+            "--split",
+            "test",
+            "--no-amp",
+            "-d",
+            "cpu",
+            "--output-dir",
+            out,
+        ]
+    )
     rep = json.load(open(os.path.join(out, "eval_test", "metrics.json")))
     assert rep["split"] == "test" and rep["num_images"] == 2

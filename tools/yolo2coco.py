@@ -20,7 +20,7 @@ import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rtdetrv2_icr.data.annotations import InvalidAnnotationError  # noqa: E402
+from rtdetrv2_icr.data.errors import InvalidAnnotationError  # noqa: E402
 from rtdetrv2_icr.data.yolo import (  # noqa: E402
     PAIRING_MODES,
     PairingWarning,

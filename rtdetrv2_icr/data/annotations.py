@@ -7,6 +7,7 @@ items are dropped instead and one warning counts them. Explicit ``parent_id`` li
 lies less than ``pair_min_containment`` inside its parent are *weak*: ``pair_check`` warns
 (default), fails or skips the check.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,51 +22,27 @@ import numpy as np
 import torch
 
 from ..core.mscoco import MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category
-from .pairing import assign_parents, containment, parents_by_label
+from .errors import InvalidAnnotationError, Problems
+from .links import FIRST_NAMED, PAIR_CHECKS, LoadContext, explicit_links, report_weak, weak_links
+from .pairing import assign_parents, parents_by_label
 
-__all__ = ["CocoIndex", "ImageRecord", "load_coco_json", "InvalidAnnotationError",
-           "WeakLinkWarning", "PAIR_CHECKS", "MSCOCO_CATEGORIES", "mscoco_category_to_label",
-           "mscoco_label_to_category"]
-
-PAIR_CHECKS = ("warn", "error", "off")
-_FIRST = 5               # weak links named in a message
-
-
-class InvalidAnnotationError(ValueError):
-    """A dataset file that cannot be used as it is.
-
-    Raised in a DataLoader worker, torch re-raises it in the main process with the message
-    ``"Caught ... in DataLoader worker process N.\\nOriginal Traceback ..."`` and the worker's
-    text on the last line; that text is moved to the front here, so it is the first line.
-    """
-
-    def __init__(self, msg: object = "", *args):
-        text = str(msg)
-        if text.startswith("Caught ") and "\nOriginal Traceback" in text:
-            head, _, rest = text.partition("\nOriginal ")
-            last = rest.rstrip().rsplit("\n", 1)[-1]
-            own = last.split(": ", 1)[1] if "Error: " in last else last
-            msg = f"{own}\n[{head.rstrip('.')}; the worker's traceback follows]\n{rest}"
-        super().__init__(msg, *args)
-
-
-class WeakLinkWarning(UserWarning):
-    """Explicit ``parent_id`` links whose child lies mostly outside its parent."""
+__all__ = ["CocoIndex", "ImageRecord", "load_coco_json"]
 
 
 @dataclass
 class ImageRecord:
     """One image and its (non-crowd) objects, boxes xyxy in pixels."""
+
     image_id: int
     file_name: str
     width: int
     height: int
-    boxes: np.ndarray          # [N, 4] float32 xyxy
-    labels: np.ndarray         # [N] int64 contiguous
-    area: np.ndarray           # [N] float32
-    iscrowd: np.ndarray        # [N] int64 (always 0: crowd regions stay out of training targets)
-    parent_idx: np.ndarray     # [N] int64 position of the parent in this record, -1 = none
-    ann_ids: np.ndarray        # [N] int64
+    boxes: np.ndarray  # [N, 4] float32 xyxy
+    labels: np.ndarray  # [N] int64 contiguous
+    area: np.ndarray  # [N] float32
+    iscrowd: np.ndarray  # [N] int64 (always 0: crowd regions stay out of training targets)
+    parent_idx: np.ndarray  # [N] int64 position of the parent in this record, -1 = none
+    ann_ids: np.ndarray  # [N] int64
 
 
 @dataclass
@@ -73,41 +50,29 @@ class CocoIndex:
     ann_file: str
     class_names: List[str]
     label_to_category: Dict[int, int]
-    parent_of: List[int]                      # parent label per label, -1 = not a child class
+    parent_of: List[int]  # parent label per label, -1 = not a child class
     images: List[ImageRecord]
-    coco_dict: dict                           # cleaned json (kept images/annotations, file ids)
+    coco_dict: dict  # cleaned json (kept images/annotations, file ids)
     skipped: Counter = field(default_factory=Counter)
     pairs_explicit: int = 0
     pairs_inferred: int = 0
-    parent_ids_ignored: int = 0               # parent_id on classes that are nobody's child
-    pair_min_containment: float = 0.5         # threshold for inferred pairs and weak links
-    pairs_weak: Optional[int] = 0             # explicit links below pair_min_containment
-                                              # (None: pair_check off, not counted)
+    parent_ids_ignored: int = 0  # parent_id on classes that are nobody's child
+    pair_min_containment: float = 0.5  # threshold for inferred pairs and weak links
+    pairs_weak: Optional[int] = 0  # explicit links below pair_min_containment
+    # (None: pair_check off, not counted)
     weak_links: List[Tuple[int, int, float]] = field(default_factory=list)  # first few:
-                                              # (child ann id, parent ann id, containment)
+    # (child ann id, parent ann id, containment)
 
     @property
     def category_to_label(self) -> Dict[int, int]:
-        return {c: l for l, c in self.label_to_category.items()}
-
-
-class _Problems:
-    """Collects problems; raises at the first one unless skipping is allowed."""
-
-    def __init__(self, ann_file: str, skip: bool):
-        self.ann_file, self.skip, self.counts = ann_file, skip, Counter()
-
-    def __call__(self, kind: str, msg: str) -> None:
-        if not self.skip:
-            raise InvalidAnnotationError(f"{self.ann_file}: {msg}")
-        self.counts[kind] += 1
+        return {c: lab for lab, c in self.label_to_category.items()}
 
 
 def _read_json(ann_file: str) -> dict:
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotation file {ann_file} does not exist")
     try:
-        with open(ann_file, "r", encoding="utf-8") as f:
+        with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise InvalidAnnotationError(f"{ann_file}: cannot read it as JSON ({e})") from e
@@ -119,7 +84,9 @@ def _read_json(ann_file: str) -> dict:
     return data
 
 
-def _class_list(data: dict, ann_file: str, class_names: Optional[Sequence[str]], remap_mscoco: bool):
+def _class_list(
+    data: dict, ann_file: str, class_names: Optional[Sequence[str]], remap_mscoco: bool
+):
     """-> (class names, label_to_category, category_to_label)."""
     cats = {}
     for c in data["categories"]:
@@ -133,7 +100,8 @@ def _class_list(data: dict, ann_file: str, class_names: Optional[Sequence[str]],
         if class_names is not None and list(class_names) != names:
             raise InvalidAnnotationError(
                 f"{ann_file}: remap_mscoco_category is set, so class_names must be the 80 COCO "
-                f"classes (or left out)")
+                f"classes (or left out)"
+            )
         return names, dict(mscoco_label_to_category), dict(mscoco_category_to_label)
     if class_names is not None:
         by_name: Dict[str, List[int]] = {}
@@ -146,19 +114,23 @@ def _class_list(data: dict, ann_file: str, class_names: Optional[Sequence[str]],
                 what = "no category" if not ids else f"several categories {ids}"
                 raise InvalidAnnotationError(
                     f"{ann_file}: class {name!r} of class_names matches {what} "
-                    f"(categories in file: {sorted(cats.items())})")
+                    f"(categories in file: {sorted(cats.items())})"
+                )
             l2c[label] = ids[0]
         names = list(class_names)
     else:
         l2c = {label: cid for label, cid in enumerate(sorted(cats))}
         names = [cats[c] for c in sorted(cats)]
-    return names, l2c, {c: l for l, c in l2c.items()}
+    return names, l2c, {c: lab for lab, c in l2c.items()}
 
 
 def _box_problem(bbox, width: int, height: int, tol: float):
     """None if the COCO box [x, y, w, h] is usable, else why not."""
-    if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+    ):
         return "box_malformed", f"bbox {bbox!r} is not 4 finite numbers"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
@@ -168,34 +140,30 @@ def _box_problem(bbox, width: int, height: int, tol: float):
     return None
 
 
-class _Context:
-    """What every phase of `load_coco_json` needs: the file, its class mapping, the relations,
-    and the problem collector."""
-
-    def __init__(self, ann_file, names, c2l, parent_of, problem):
-        self.ann_file, self.names, self.c2l = ann_file, names, c2l
-        self.parent_of, self.problem = parent_of, problem
-
-
-def _usable_images(data: dict, img_folder: Optional[str], ctx: _Context) -> Dict[int, dict]:
+def _usable_images(data: dict, img_folder: Optional[str], ctx: LoadContext) -> Dict[int, dict]:
     """Phase 1: image entries by id (entries whose file is missing are problems)."""
     images: Dict[int, dict] = {}
     for im in data["images"]:
         if not isinstance(im, dict) or not {"id", "file_name", "width", "height"} <= set(im):
             raise InvalidAnnotationError(
-                f"{ctx.ann_file}: image entry {im!r} needs id, file_name, width and height")
+                f"{ctx.ann_file}: image entry {im!r} needs id, file_name, width and height"
+            )
         if im["id"] in images:
             raise InvalidAnnotationError(f"{ctx.ann_file}: image id {im['id']} appears twice")
         if img_folder is not None and not os.path.isfile(os.path.join(img_folder, im["file_name"])):
-            ctx.problem("image_missing", f"image id {im['id']}: file "
-                        f"{os.path.join(img_folder, im['file_name'])} does not exist")
+            ctx.problem(
+                "image_missing",
+                f"image id {im['id']}: file "
+                f"{os.path.join(img_folder, im['file_name'])} does not exist",
+            )
             continue
         images[im["id"]] = im
     return images
 
 
-def _usable_annotations(data: dict, images: Dict[int, dict], ctx: _Context,
-                        box_tolerance: float) -> Dict[int, dict]:
+def _usable_annotations(
+    data: dict, images: Dict[int, dict], ctx: LoadContext, box_tolerance: float
+) -> Dict[int, dict]:
     """Phase 2: annotation id -> annotation with its bbox clipped to the image (crowd included)."""
     seen_ids = set()
     kept: Dict[int, dict] = {}
@@ -209,15 +177,20 @@ def _usable_annotations(data: dict, images: Dict[int, dict], ctx: _Context,
         seen_ids.add(aid)
         im = images.get(a.get("image_id"))
         if im is None:
-            if a.get("image_id") not in missing_images:      # else its image was skipped (counted)
-                ctx.problem("no_image", f"annotation id {aid}: image_id {a.get('image_id')!r} is "
-                            f"not an image")
+            if a.get("image_id") not in missing_images:  # else its image was skipped (counted)
+                ctx.problem(
+                    "no_image",
+                    f"annotation id {aid}: image_id {a.get('image_id')!r} is not an image",
+                )
             continue
         where = f"annotation id {aid} (image id {im['id']}, {im['file_name']})"
         if a.get("category_id") not in ctx.c2l:
-            ctx.problem("unknown_category", f"{where}: category_id {a.get('category_id')!r} is "
-                        f"not one of the configured classes {ctx.names} (category ids "
-                        f"{sorted(ctx.c2l)})")
+            ctx.problem(
+                "unknown_category",
+                f"{where}: category_id {a.get('category_id')!r} is "
+                f"not one of the configured classes {ctx.names} (category ids "
+                f"{sorted(ctx.c2l)})",
+            )
             continue
         bad = _box_problem(a.get("bbox"), im["width"], im["height"], box_tolerance)
         if bad:
@@ -233,77 +206,13 @@ def _usable_annotations(data: dict, images: Dict[int, dict], ctx: _Context,
     return kept
 
 
-def _explicit_links(data: dict, images: Dict[int, dict], kept: Dict[int, dict], ctx: _Context):
-    """Phase 3: child annotation id -> parent annotation id, or -1 (explicit orphan or a bad
-    link), for every ``parent_id`` on a child class; and the number of ``parent_id`` keys on
-    classes that are nobody's child (ignored)."""
-    original = {a["id"]: a for a in data["annotations"]}
-    link: Dict[int, int] = {}
-    ignored = 0
-    for aid, a in kept.items():
-        pid = a.get("parent_id")
-        if pid is None:
-            continue
-        label = ctx.c2l[a["category_id"]]
-        if ctx.parent_of[label] < 0:
-            ignored += 1                # class has no parent class in the configured relations
-            continue
-        link[aid] = -1
-        if pid == -1:
-            continue
-        where = f"annotation id {aid} (image id {a['image_id']}, {images[a['image_id']]['file_name']})"
-        parent = kept.get(pid)
-        want = ctx.names[ctx.parent_of[label]]
-        if pid not in original:
-            ctx.problem("parent_missing", f"{where}: parent_id {pid} is not an annotation of the file")
-        elif parent is None:
-            ctx.problem("parent_skipped", f"{where}: parent_id {pid} points at an invalid annotation")
-        elif parent["image_id"] != a["image_id"]:
-            ctx.problem("parent_other_image", f"{where}: parent_id {pid} belongs to another image "
-                        f"(image id {parent['image_id']})")
-        elif ctx.names[ctx.c2l[parent["category_id"]]] != want or parent.get("iscrowd", 0):
-            got = ctx.names[ctx.c2l[parent["category_id"]]]
-            ctx.problem("parent_wrong_class", f"{where}: parent_id {pid} is a {got!r}"
-                        f"{' crowd region' if parent.get('iscrowd', 0) else ''}, but the parent of "
-                        f"{ctx.names[label]!r} must be a {want!r}")
-        else:
-            link[aid] = pid
-    return link, ignored
-
-
-def _weak_links(kept: Dict[int, dict], link: Dict[int, int], min_containment: float):
-    """Phase 3b: the explicit links (non-crowd child -> parent) whose child box lies less than
-    ``min_containment`` inside its parent box, in file order: [(child id, parent id, C)]."""
-    pairs = [(aid, pid) for aid, pid in link.items()
-             if pid >= 0 and not kept[aid].get("iscrowd", 0)]
-    if not pairs:
-        return []
-
-    def xyxy(a):
-        x, y, w, h = a["bbox"]
-        return [x, y, x + w, y + h]
-
-    child = torch.tensor([xyxy(kept[c]) for c, _ in pairs], dtype=torch.float64)   # [L, 4]
-    parent = torch.tensor([xyxy(kept[p]) for _, p in pairs], dtype=torch.float64)  # [L, 4]
-    c = containment(child, parent).tolist()                                       # [L]
-    return [(a, p, v) for (a, p), v in zip(pairs, c) if v < min_containment]
-
-
-def _report_weak(weak, ann_file: str, min_containment: float, pair_check: str) -> None:
-    if not weak:
-        return
-    first = ", ".join(f"{a} -> {p} ({v:.2f})" for a, p, v in weak[:_FIRST])
-    msg = (f"{ann_file}: {len(weak)} parent_id links where the child lies less than "
-           f"{min_containment:g} inside its parent (pair_min_containment); first (child -> "
-           f"parent annotation id, containment): {first}")
-    if pair_check == "error":
-        raise InvalidAnnotationError(f"{msg}. Fix the links, or set pair_check: warn to keep them")
-    warnings.warn(f"{msg}. They are kept; pair_check: error refuses them, off skips this check",
-                  WeakLinkWarning, stacklevel=4)
-
-
-def _image_records(images: Dict[int, dict], kept: Dict[int, dict], link: Dict[int, int],
-                   ctx: _Context, min_containment: float):
+def _image_records(
+    images: Dict[int, dict],
+    kept: Dict[int, dict],
+    link: Dict[int, int],
+    ctx: LoadContext,
+    min_containment: float,
+):
     """Phase 4: one `ImageRecord` per image (non-crowd objects, parents resolved: explicit links
     first, the others inferred by containment); and the numbers of explicit and inferred pairs."""
     per_image: Dict[int, List[dict]] = {i: [] for i in images}
@@ -315,33 +224,62 @@ def _image_records(images: Dict[int, dict], kept: Dict[int, dict], link: Dict[in
         anns = per_image[image_id]
         pos = {a["id"]: k for k, a in enumerate(anns)}
         labels = [ctx.c2l[a["category_id"]] for a in anns]
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                           a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float32).reshape(-1, 4)
+        boxes = np.array(
+            [
+                [
+                    a["bbox"][0],
+                    a["bbox"][1],
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                ]
+                for a in anns
+            ],
+            dtype=np.float32,
+        ).reshape(-1, 4)
         parent = [pos.get(link[a["id"]], -1) if a["id"] in link else -1 for a in anns]
         need = [a["id"] not in link and ctx.parent_of[lab] >= 0 for a, lab in zip(anns, labels)]
         n_explicit += sum(p >= 0 for p in parent)
-        if any(need):   # one child per parent where possible, as the YOLO importer pairs
-            inferred, _ = assign_parents(torch.from_numpy(boxes), labels, ctx.parent_of,
-                                         min_containment, fixed=parent, candidates=need)
+        if any(need):  # one child per parent where possible, as the YOLO importer pairs
+            inferred, _ = assign_parents(
+                torch.from_numpy(boxes),
+                labels,
+                ctx.parent_of,
+                min_containment,
+                fixed=parent,
+                candidates=need,
+            )
             n_inferred += sum(need[k] and inferred[k] >= 0 for k in range(len(anns)))
             parent = inferred
-        records.append(ImageRecord(
-            image_id=image_id, file_name=im["file_name"], width=int(im["width"]),
-            height=int(im["height"]), boxes=boxes,
-            labels=np.array(labels, dtype=np.int64),
-            area=np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float32),
-            iscrowd=np.zeros(len(anns), dtype=np.int64),
-            parent_idx=np.array(parent, dtype=np.int64),
-            ann_ids=np.array([a["id"] for a in anns], dtype=np.int64)))
+        records.append(
+            ImageRecord(
+                image_id=image_id,
+                file_name=im["file_name"],
+                width=int(im["width"]),
+                height=int(im["height"]),
+                boxes=boxes,
+                labels=np.array(labels, dtype=np.int64),
+                area=np.array(
+                    [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float32
+                ),
+                iscrowd=np.zeros(len(anns), dtype=np.int64),
+                parent_idx=np.array(parent, dtype=np.int64),
+                ann_ids=np.array([a["id"] for a in anns], dtype=np.int64),
+            )
+        )
     return records, n_explicit, n_inferred
 
 
-def load_coco_json(ann_file: str, img_folder: Optional[str] = None,
-                   class_names: Optional[Sequence[str]] = None,
-                   relations: Optional[Sequence[dict]] = None,
-                   remap_mscoco_category: bool = False, pair_min_containment: float = 0.5,
-                   skip_invalid: bool = False, box_tolerance: float = 1.0,
-                   pair_check: str = "warn") -> CocoIndex:
+def load_coco_json(
+    ann_file: str,
+    img_folder: Optional[str] = None,
+    class_names: Optional[Sequence[str]] = None,
+    relations: Optional[Sequence[dict]] = None,
+    remap_mscoco_category: bool = False,
+    pair_min_containment: float = 0.5,
+    skip_invalid: bool = False,
+    box_tolerance: float = 1.0,
+    pair_check: str = "warn",
+) -> CocoIndex:
     """Read, check and index a COCO detection json (see module docstring).
 
     ``parent_id`` on a child annotation links it to its parent; a value of -1 marks an explicit
@@ -356,34 +294,45 @@ def load_coco_json(ann_file: str, img_folder: Optional[str] = None,
         raise ValueError(f"pair_check must be one of {PAIR_CHECKS}, got {pair_check!r}")
     ann_file = str(ann_file)
     data = _read_json(ann_file)
-    problem = _Problems(ann_file, skip_invalid)
+    problem = Problems(ann_file, skip_invalid)
     names, l2c, c2l = _class_list(data, ann_file, class_names, remap_mscoco_category)
     parent_of = parents_by_label(relations, names, where=f"relations for {ann_file}")
-    ctx = _Context(ann_file, names, c2l, parent_of, problem)
+    ctx = LoadContext(ann_file, names, c2l, parent_of, problem)
 
     images = _usable_images(data, img_folder, ctx)
     kept = _usable_annotations(data, images, ctx, box_tolerance)
-    link, ignored = _explicit_links(data, images, kept, ctx)
-    weak = None if pair_check == "off" else _weak_links(kept, link, pair_min_containment)
+    link, ignored = explicit_links(data, images, kept, ctx)
+    weak = None if pair_check == "off" else weak_links(kept, link, pair_min_containment)
     records, n_explicit, n_inferred = _image_records(images, kept, link, ctx, pair_min_containment)
 
     if not records or not kept:
         raise InvalidAnnotationError(
             f"{ann_file}: empty split ({len(records)} usable images, {len(kept)} usable annotations"
-            f"{'; after skipping invalid entries' if problem.counts else ''})")
-    _report_weak(weak, ann_file, pair_min_containment, pair_check)
+            f"{'; after skipping invalid entries' if problem.counts else ''})"
+        )
+    report_weak(weak, ann_file, pair_min_containment, pair_check)
     skipped = Counter(problem.counts)
     if skipped:
         detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(skipped.items()))
-        warnings.warn(f"{ann_file}: skip_invalid dropped {sum(skipped.values())} invalid entries "
-                      f"({detail})", stacklevel=3)
+        warnings.warn(
+            f"{ann_file}: skip_invalid dropped {sum(skipped.values())} invalid entries ({detail})",
+            stacklevel=3,
+        )
     clean = {k: v for k, v in data.items() if k not in ("images", "annotations")}
     clean["images"] = list(images.values())
     clean["annotations"] = list(kept.values())
-    return CocoIndex(ann_file=ann_file, class_names=names, label_to_category=l2c,
-                     parent_of=parent_of, images=records, coco_dict=clean, skipped=skipped,
-                     pairs_explicit=int(n_explicit), pairs_inferred=int(n_inferred),
-                     parent_ids_ignored=ignored,
-                     pair_min_containment=float(pair_min_containment),
-                     pairs_weak=None if weak is None else len(weak),
-                     weak_links=[] if weak is None else weak[:_FIRST])
+    return CocoIndex(
+        ann_file=ann_file,
+        class_names=names,
+        label_to_category=l2c,
+        parent_of=parent_of,
+        images=records,
+        coco_dict=clean,
+        skipped=skipped,
+        pairs_explicit=int(n_explicit),
+        pairs_inferred=int(n_inferred),
+        parent_ids_ignored=ignored,
+        pair_min_containment=float(pair_min_containment),
+        pairs_weak=None if weak is None else len(weak),
+        weak_links=[] if weak is None else weak[:FIRST_NAMED],
+    )

@@ -2,12 +2,13 @@
 
 Target of one image before transforms (docs/data.md)::
 
-    boxes      tv_tensors.BoundingBoxes [N, 4] xyxy, pixels      labels   int64 [N], 0..C-1
-    parent_idx int64 [N] (parent position or -1)                 image_id int64 [1]
-    orig_size  int64 [2] = (w, h)                                 area float32 [N], iscrowd int64 [N]
+    boxes      tv_tensors.BoundingBoxes [N, 4] xyxy, pixels   labels   int64 [N], 0..C-1
+    parent_idx int64 [N] (parent position or -1)              image_id int64 [1]
+    orig_size  int64 [2] = (w, h)                              area float32 [N], iscrowd int64 [N]
 
 The usual transforms end with ``ConvertBoxes(fmt=cxcywh, normalize=True)``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,11 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..core.registry import ConfigError, register
-from .annotations import PAIR_CHECKS, CocoIndex, InvalidAnnotationError, load_coco_json
+from .annotations import CocoIndex, load_coco_json
 from .bad_images import BadImageTally
+from .errors import InvalidAnnotationError
 from .images import BadImageError, read_image
+from .links import PAIR_CHECKS
 
 __all__ = ["CocoDetection", "get_coco_api_from_dataset", "read_image"]
 
@@ -53,20 +56,34 @@ class CocoDetection(Dataset):
     Images are decoded by `read_image`: RGB, EXIF orientation applied (boxes refer to the
     displayed image), 16-bit scaled to 8-bit, alpha dropped.
     """
+
     __inject__ = ["transforms"]
     __share__ = ["class_names", "relations", "remap_mscoco_category"]
 
-    def __init__(self, img_folder: str, ann_file: str, transforms=None, return_masks: bool = False,
-                 remap_mscoco_category: bool = False, class_names: Optional[Sequence[str]] = None,
-                 relations: Optional[Sequence[dict]] = None, pair_min_containment: float = 0.5,
-                 skip_invalid: bool = False, pair_check: str = "warn",
-                 skip_bad_images: bool = False):
+    def __init__(
+        self,
+        img_folder: str,
+        ann_file: str,
+        transforms=None,
+        return_masks: bool = False,
+        remap_mscoco_category: bool = False,
+        class_names: Optional[Sequence[str]] = None,
+        relations: Optional[Sequence[dict]] = None,
+        pair_min_containment: float = 0.5,
+        skip_invalid: bool = False,
+        pair_check: str = "warn",
+        skip_bad_images: bool = False,
+    ):
         if return_masks:
-            raise ConfigError(f"CocoDetection({ann_file}): return_masks=True is not supported "
-                              f"(this project detects boxes only)")
+            raise ConfigError(
+                f"CocoDetection({ann_file}): return_masks=True is not supported "
+                f"(this project detects boxes only)"
+            )
         if pair_check not in PAIR_CHECKS:
-            raise ConfigError(f"CocoDetection({ann_file}): pair_check must be one of "
-                              f"{list(PAIR_CHECKS)}, got {pair_check!r}")
+            raise ConfigError(
+                f"CocoDetection({ann_file}): pair_check must be one of "
+                f"{list(PAIR_CHECKS)}, got {pair_check!r}"
+            )
         if not os.path.isdir(img_folder):
             raise FileNotFoundError(f"image folder {img_folder} (for {ann_file}) does not exist")
         self.img_folder, self.ann_file = str(img_folder), str(ann_file)
@@ -77,14 +94,22 @@ class CocoDetection(Dataset):
         self.pair_min_containment = float(pair_min_containment)
         self.pair_check = pair_check
         self.index: CocoIndex = load_coco_json(
-            self.ann_file, self.img_folder, class_names=class_names, relations=self.relations,
+            self.ann_file,
+            self.img_folder,
+            class_names=class_names,
+            relations=self.relations,
             remap_mscoco_category=self.remap_mscoco_category,
-            pair_min_containment=self.pair_min_containment, skip_invalid=skip_invalid,
-            pair_check=pair_check)
+            pair_min_containment=self.pair_min_containment,
+            skip_invalid=skip_invalid,
+            pair_check=pair_check,
+        )
         self.ids = [r.image_id for r in self.index.images]
         self.skip_bad_images = bool(skip_bad_images)
-        self._bad = (BadImageTally([r.file_name for r in self.index.images], self.ann_file)
-                     if self.skip_bad_images else None)
+        self._bad = (
+            BadImageTally([r.file_name for r in self.index.images], self.ann_file)
+            if self.skip_bad_images
+            else None
+        )
         self._coco = None
         self._epoch = -1
 
@@ -137,6 +162,7 @@ class CocoDetection(Dataset):
         """pycocotools COCO of the kept images/annotations, category ids as in the file."""
         if self._coco is None:
             from pycocotools.coco import COCO
+
             with contextlib.redirect_stdout(io.StringIO()):
                 api = COCO()
                 api.dataset = self.index.coco_dict
@@ -166,8 +192,11 @@ class CocoDetection(Dataset):
         where = f"{self.ann_file}: image id {rec.image_id}: "
         image = read_image(path, where, expect_size=(rec.width, rec.height))
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes.copy()), format="XYXY",
-                                              canvas_size=(rec.height, rec.width)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(rec.boxes.copy()),
+                format="XYXY",
+                canvas_size=(rec.height, rec.width),
+            ),
             "labels": torch.from_numpy(rec.labels.copy()),
             "image_id": torch.tensor([rec.image_id]),
             "orig_size": torch.tensor([rec.width, rec.height]),
@@ -193,7 +222,8 @@ class CocoDetection(Dataset):
             except BadImageError as e:
                 self._bad.add(j, e)
         raise InvalidAnnotationError(
-            f"{self.ann_file}: skip_bad_images: no usable image left ({self._bad.summary()})")
+            f"{self.ann_file}: skip_bad_images: no usable image left ({self._bad.summary()})"
+        )
 
     def __getitem__(self, idx: int):
         image, target = self.load_usable_item(idx)
@@ -203,8 +233,10 @@ class CocoDetection(Dataset):
         return image, target
 
     def extra_repr(self) -> str:
-        return (f"img_folder={self.img_folder}, ann_file={self.ann_file}, images={len(self)}, "
-                f"classes={self.class_names}, relations={self.relations}")
+        return (
+            f"img_folder={self.img_folder}, ann_file={self.ann_file}, images={len(self)}, "
+            f"classes={self.class_names}, relations={self.relations}"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})\n  transforms: {self.transforms!r}"

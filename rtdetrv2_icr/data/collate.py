@@ -5,6 +5,7 @@ interpolated to a size drawn from ``scales`` until ``stop_epoch``. Targets stay 
 normalised by `ConvertBoxes` (plain tensors) do not depend on the size; boxes still in pixels
 (``tv_tensors.BoundingBoxes``) are rescaled with the image.
 """
+
 from __future__ import annotations
 
 import random
@@ -25,15 +26,20 @@ def multiscale_sizes(base_size: int, base_size_repeat: int) -> List[int]:
     low = int(base_size * 0.75 / 32) * 32
     high = int(base_size * 1.25 / 32) * 32
     n = (base_size - low) // 32
-    return [low + 32 * i for i in range(n)] + [base_size] * base_size_repeat + \
-        [high - 32 * i for i in range(n)]
+    return (
+        [low + 32 * i for i in range(n)]
+        + [base_size] * base_size_repeat
+        + [high - 32 * i for i in range(n)]
+    )
 
 
 def _stack_images(items: Sequence[Tuple[Any, dict]]) -> torch.Tensor:
     shapes = {tuple(x[0].shape) for x in items}
     if len(shapes) != 1:
-        raise ValueError(f"images of a batch differ in shape {sorted(shapes)}; add a Resize op "
-                         f"to the dataset transforms")
+        raise ValueError(
+            f"images of a batch differ in shape {sorted(shapes)}; add a Resize op "
+            f"to the dataset transforms"
+        )
     return torch.stack([x[0].as_subclass(torch.Tensor) for x in items], dim=0)
 
 
@@ -50,13 +56,18 @@ class BatchImageCollateFunction:
     come from ``multiscale_sizes(base_size, base_size_repeat)``. ``interpolation`` is the
     ``F.interpolate`` mode (upstream uses the default, ``nearest``)."""
 
-    def __init__(self, scales: Optional[Sequence[Any]] = None, stop_epoch: Optional[int] = None,
-                 base_size: int = 640, base_size_repeat: Optional[int] = None,
-                 interpolation: str = "nearest"):
+    def __init__(
+        self,
+        scales: Optional[Sequence[Any]] = None,
+        stop_epoch: Optional[int] = None,
+        base_size: int = 640,
+        base_size_repeat: Optional[int] = None,
+        interpolation: str = "nearest",
+    ):
         if scales is None and base_size_repeat is not None:
             scales = multiscale_sizes(base_size, base_size_repeat)
         self.scales = list(scales) if scales is not None else None
-        self.stop_epoch = stop_epoch if stop_epoch is not None else 10 ** 9
+        self.stop_epoch = stop_epoch if stop_epoch is not None else 10**9
         self.base_size = base_size
         self.interpolation = interpolation
         self._epoch = -1
@@ -69,13 +80,17 @@ class BatchImageCollateFunction:
         return self._epoch
 
     def __call__(self, items):
-        images = _stack_images(items)                                    # [B, C, H, W]
+        images = _stack_images(items)  # [B, C, H, W]
         targets = [x[1] for x in items]
         if self.scales and self.epoch < self.stop_epoch:
             size = random.choice(self.scales)
             size = [size, size] if isinstance(size, int) else [int(s) for s in size]
             if list(images.shape[-2:]) != size:
-                kw = {"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}
+                kw = (
+                    {"align_corners": False}
+                    if self.interpolation in ("bilinear", "bicubic")
+                    else {}
+                )
                 images = nnf.interpolate(images, size=size, mode=self.interpolation, **kw)
                 for t in targets:
                     if isinstance(t.get("boxes"), tv_tensors.BoundingBoxes):
@@ -83,5 +98,7 @@ class BatchImageCollateFunction:
         return images, targets
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(scales={self.scales}, stop_epoch={self.stop_epoch}, "
-                f"interpolation={self.interpolation!r})")
+        return (
+            f"{type(self).__name__}(scales={self.scales}, stop_epoch={self.stop_epoch}, "
+            f"interpolation={self.interpolation!r})"
+        )

@@ -29,7 +29,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from .annotations import InvalidAnnotationError
+from .errors import InvalidAnnotationError
 
 __all__ = [
     "BAD_IMAGE_REASONS",

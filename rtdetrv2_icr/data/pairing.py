@@ -5,6 +5,7 @@ A *relation* says that objects of a child class (``plate``) sit on objects of a 
 same target, or -1. Everything here works on plain lists / tensors so that the COCO reader, the
 YOLO importer, the statistics tool and the transforms share one definition.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
@@ -16,21 +17,32 @@ from scipy.optimize import linear_sum_assignment
 from ..core.relations import parent_of_list, resolve_relations
 from ..ops.boxes import containment
 
-__all__ = ["containment", "parents_by_label", "assign_parents",
-           "remap_parent_idx", "parent_idx_is_consistent"]
+__all__ = [
+    "containment",
+    "parents_by_label",
+    "assign_parents",
+    "remap_parent_idx",
+    "parent_idx_is_consistent",
+]
 
 
-def parents_by_label(relations: Optional[Sequence[dict]], class_names: Sequence[str],
-                     where: str = "config") -> List[int]:
+def parents_by_label(
+    relations: Optional[Sequence[dict]], class_names: Sequence[str], where: str = "config"
+) -> List[int]:
     """``[{child: plate, parent: vehicle}]`` -> ``parent_of[label]`` (-1 when a label has no
     parent class), through the one relation resolver of `core.relations`."""
     names = list(class_names)
     return parent_of_list(resolve_relations(relations, names, where), len(names))
 
 
-def assign_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: Sequence[int],
-                   min_containment: float = 0.5, fixed: Optional[Sequence[int]] = None,
-                   candidates: Optional[Sequence[bool]] = None) -> Tuple[List[int], List[bool]]:
+def assign_parents(
+    boxes_xyxy: torch.Tensor,
+    labels: Sequence[int],
+    parent_of: Sequence[int],
+    min_containment: float = 0.5,
+    fixed: Optional[Sequence[int]] = None,
+    candidates: Optional[Sequence[bool]] = None,
+) -> Tuple[List[int], List[bool]]:
     """Pair children with parents by containment, one child of a class per parent if possible.
 
     ``boxes_xyxy`` [N, 4], ``labels`` [N], ``parent_of[label]`` the parent label or -1.
@@ -56,13 +68,16 @@ def assign_parents(boxes_xyxy: torch.Tensor, labels: Sequence[int], parent_of: S
         p_cls = parent_of[c] if 0 <= c < len(parent_of) else -1
         if p_cls < 0:
             continue
-        kids = [i for i in range(n) if labels[i] == c and parent[i] < 0
-                and (candidates is None or candidates[i])]
+        kids = [
+            i
+            for i in range(n)
+            if labels[i] == c and parent[i] < 0 and (candidates is None or candidates[i])
+        ]
         cands = [j for j in range(n) if labels[j] == p_cls]
         if not kids or not cands:
             continue
         taken = {parent[i] for i in range(n) if labels[i] == c and parent[i] >= 0}
-        cont = containment(boxes[kids][:, None], boxes[cands][None]).numpy()   # [K, P]
+        cont = containment(boxes[kids][:, None], boxes[cands][None]).numpy()  # [K, P]
         ok = cont >= min_containment
         free = np.array([j not in taken for j in cands])
         # a weight above any sum of containments per pair: the number of pairs comes first
@@ -86,14 +101,15 @@ def remap_parent_idx(orig_parent: torch.Tensor, kept: torch.Tensor) -> torch.Ten
     """
     kept = kept.long()
     n0 = orig_parent.numel()
-    new_pos = torch.full((n0 + 1,), -1, dtype=torch.long, device=kept.device)   # slot n0 = "none"
+    new_pos = torch.full((n0 + 1,), -1, dtype=torch.long, device=kept.device)  # slot n0 = "none"
     new_pos[kept] = torch.arange(kept.numel(), device=kept.device)
     parent = orig_parent.long().to(kept.device)[kept]
     return new_pos[torch.where(parent >= 0, parent, torch.full_like(parent, n0))]
 
 
-def parent_idx_is_consistent(parent_idx: torch.Tensor, labels: torch.Tensor,
-                             parent_of: Sequence[int]) -> bool:
+def parent_idx_is_consistent(
+    parent_idx: torch.Tensor, labels: torch.Tensor, parent_of: Sequence[int]
+) -> bool:
     """True when every link points inside the target at an object of the right parent class."""
     n = labels.numel()
     if parent_idx.shape != labels.shape:
@@ -105,4 +121,3 @@ def parent_idx_is_consistent(parent_idx: torch.Tensor, labels: torch.Tensor,
         if p >= n or p == i or int(labels[p]) != parent_of[int(labels[i])]:
             return False
     return True
-

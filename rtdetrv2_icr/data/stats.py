@@ -1,5 +1,6 @@
 """Dataset statistics in the terms of the ICR paper (§2.2, Table 1): objects per class, COCO
 size buckets, children per image, and how many children have a parent."""
+
 from __future__ import annotations
 
 import warnings
@@ -8,17 +9,20 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .annotations import CocoIndex, WeakLinkWarning, load_coco_json
+from .annotations import CocoIndex, load_coco_json
+from .errors import WeakLinkWarning
 
 __all__ = ["dataset_statistics", "format_statistics", "SMALL", "MEDIUM"]
 
-SMALL, MEDIUM = 32 ** 2, 96 ** 2          # COCO area thresholds
+SMALL, MEDIUM = 32**2, 96**2  # COCO area thresholds
 
 
 def dataset_statistics(index: CocoIndex) -> dict:
     names = index.class_names
-    per_class = {n: {"count": 0, "small": 0, "medium": 0, "large": 0, "widths": [], "heights": []}
-                 for n in names}
+    per_class = {
+        n: {"count": 0, "small": 0, "medium": 0, "large": 0, "widths": [], "heights": []}
+        for n in names
+    }
     per_image_counts = {n: [] for n in names}
     children = {"total": 0, "paired": 0}
     parents = {"total": 0, "with_child": 0}
@@ -50,23 +54,34 @@ def dataset_statistics(index: CocoIndex) -> dict:
         w, h = np.array(s["widths"] or [0.0]), np.array(s["heights"] or [0.0])
         cnt = np.array(per_image_counts[n])
         out_classes[n] = {
-            "count": s["count"], "small": s["small"], "medium": s["medium"], "large": s["large"],
-            "median_w": float(np.median(w)), "median_h": float(np.median(h)),
-            "min_w": float(w.min()), "min_h": float(h.min()),
+            "count": s["count"],
+            "small": s["small"],
+            "medium": s["medium"],
+            "large": s["large"],
+            "median_w": float(np.median(w)),
+            "median_h": float(np.median(h)),
+            "min_w": float(w.min()),
+            "min_h": float(h.min()),
             "per_image_mean": float(cnt.mean()) if cnt.size else 0.0,
             "per_image_max": int(cnt.max()) if cnt.size else 0,
             "images_with": int((cnt > 0).sum()),
         }
     return {
-        "file": index.ann_file, "images": len(index.images),
+        "file": index.ann_file,
+        "images": len(index.images),
         "objects": int(sum(s["count"] for s in per_class.values())),
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common(5)},
         "classes": out_classes,
-        "relations": [{"child": names[c], "parent": names[p]} for c, p in enumerate(index.parent_of) if p >= 0],
-        "pairs_explicit": index.pairs_explicit, "pairs_inferred": index.pairs_inferred,
-        "pairs_weak": index.pairs_weak, "min_containment": index.pair_min_containment,
+        "relations": [
+            {"child": names[c], "parent": names[p]} for c, p in enumerate(index.parent_of) if p >= 0
+        ],
+        "pairs_explicit": index.pairs_explicit,
+        "pairs_inferred": index.pairs_inferred,
+        "pairs_weak": index.pairs_weak,
+        "min_containment": index.pair_min_containment,
         "weak_links": [list(w) for w in index.weak_links],
-        "children": children, "parents": parents,
+        "children": children,
+        "parents": parents,
     }
 
 
@@ -75,46 +90,66 @@ def _pct(a: int, b: int) -> str:
 
 
 def format_statistics(st: dict) -> str:
-    lines = [f"{st['file']}: {st['images']} images, {st['objects']} objects; "
-             f"sizes {', '.join(f'{k} ({v})' for k, v in st['image_sizes'].items())}",
-             f"{'class':<12}{'count':>8}{'small':>14}{'medium':>14}{'large':>14}"
-             f"{'median wxh':>13}{'min wxh':>11}{'per img':>9}{'max':>5}{'images':>8}"]
+    lines = [
+        f"{st['file']}: {st['images']} images, {st['objects']} objects; "
+        f"sizes {', '.join(f'{k} ({v})' for k, v in st['image_sizes'].items())}",
+        f"{'class':<12}{'count':>8}{'small':>14}{'medium':>14}{'large':>14}"
+        f"{'median wxh':>13}{'min wxh':>11}{'per img':>9}{'max':>5}{'images':>8}",
+    ]
     for n, c in st["classes"].items():
         lines.append(
             f"{n:<12}{c['count']:>8}"
-            + "".join(f"{c[b]:>7} {_pct(c[b], c['count']):>6}" for b in ("small", "medium", "large"))
+            + "".join(
+                f"{c[b]:>7} {_pct(c[b], c['count']):>6}" for b in ("small", "medium", "large")
+            )
             + f"{c['median_w']:>7.1f}x{c['median_h']:<5.1f}{c['min_w']:>5.1f}x{c['min_h']:<5.1f}"
-            f"{c['per_image_mean']:>9.2f}{c['per_image_max']:>5}{c['images_with']:>8}")
+            f"{c['per_image_mean']:>9.2f}{c['per_image_max']:>5}{c['images_with']:>8}"
+        )
     if st["relations"]:
         rel = ", ".join(f"{r['child']} -> {r['parent']}" for r in st["relations"])
         ch, pa = st["children"], st["parents"]
-        lines.append(f"pairing ({rel}): {ch['paired']}/{ch['total']} children have a parent "
-                     f"({_pct(ch['paired'], ch['total']).strip()}; {st['pairs_explicit']} explicit "
-                     f"parent_id, {st['pairs_inferred']} inferred by containment); "
-                     f"{pa['with_child']}/{pa['total']} parents carry a child "
-                     f"({_pct(pa['with_child'], pa['total']).strip()})")
+        lines.append(
+            f"pairing ({rel}): {ch['paired']}/{ch['total']} children have a parent "
+            f"({_pct(ch['paired'], ch['total']).strip()}; {st['pairs_explicit']} explicit "
+            f"parent_id, {st['pairs_inferred']} inferred by containment); "
+            f"{pa['with_child']}/{pa['total']} parents carry a child "
+            f"({_pct(pa['with_child'], pa['total']).strip()})"
+        )
         if st.get("pairs_weak"):
             first = ", ".join(f"{a} -> {p} ({c:.2f})" for a, p, c in st["weak_links"])
             more = " ..." if st["pairs_weak"] > len(st["weak_links"]) else ""
-            lines.append(f"weak links: {st['pairs_weak']}/{st['pairs_explicit']} explicit "
-                         f"parent_id links have the child less than "
-                         f"{st['min_containment']:g} inside its parent (first child -> "
-                         f"parent ids: {first}{more})")
+            lines.append(
+                f"weak links: {st['pairs_weak']}/{st['pairs_explicit']} explicit "
+                f"parent_id links have the child less than "
+                f"{st['min_containment']:g} inside its parent (first child -> "
+                f"parent ids: {first}{more})"
+            )
     else:
         lines.append("pairing: no relations configured")
     return "\n".join(lines)
 
 
-def statistics_of_file(ann_file: str, class_names: Optional[Sequence[str]] = None,
-                       relations: Optional[Sequence[dict]] = None, min_containment: float = 0.5) -> dict:
+def statistics_of_file(
+    ann_file: str,
+    class_names: Optional[Sequence[str]] = None,
+    relations: Optional[Sequence[dict]] = None,
+    min_containment: float = 0.5,
+) -> dict:
     from .yolo import default_relations
-    index = load_coco_json(ann_file, None, class_names=class_names, relations=[],
-                           pair_min_containment=min_containment)
+
+    index = load_coco_json(
+        ann_file, None, class_names=class_names, relations=[], pair_min_containment=min_containment
+    )
     if relations is None:
         relations = default_relations(index.class_names)
     if relations:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", WeakLinkWarning)     # counted in the statistics
-            index = load_coco_json(ann_file, None, class_names=class_names, relations=relations,
-                                   pair_min_containment=min_containment)
+            warnings.simplefilter("ignore", WeakLinkWarning)  # counted in the statistics
+            index = load_coco_json(
+                ann_file,
+                None,
+                class_names=class_names,
+                relations=relations,
+                pair_min_containment=min_containment,
+            )
     return dataset_statistics(index)

@@ -11,6 +11,7 @@ what is added here:
   recomputed from it. A child whose parent was dropped gets -1.
 * `RandomIoUCrop` with a probability ``p``; `ConvertPILImage`; `ConvertBoxes`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,11 +27,23 @@ from torchvision import tv_tensors
 from ..core.registry import ConfigError, create, register
 from .pairing import remap_parent_idx
 
-__all__ = ["Compose", "RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop",
-           "SanitizeBoundingBoxes", "RandomHorizontalFlip", "Resize", "RandomCrop", "Normalize",
-           "ConvertPILImage", "ConvertBoxes", "OBJ_KEY", "PER_OBJECT_KEYS"]
+__all__ = [
+    "Compose",
+    "RandomPhotometricDistort",
+    "RandomZoomOut",
+    "RandomIoUCrop",
+    "SanitizeBoundingBoxes",
+    "RandomHorizontalFlip",
+    "Resize",
+    "RandomCrop",
+    "Normalize",
+    "ConvertPILImage",
+    "ConvertBoxes",
+    "OBJ_KEY",
+    "PER_OBJECT_KEYS",
+]
 
-OBJ_KEY = "_obj_idx"        # original object index, present only while Compose runs
+OBJ_KEY = "_obj_idx"  # original object index, present only while Compose runs
 PER_OBJECT_KEYS = ("labels", "area", "iscrowd", "parent_idx", OBJ_KEY)
 
 # Plain torchvision ops (no boxes dropped or reordered by these).
@@ -38,7 +51,7 @@ RandomPhotometricDistort = register()(T.RandomPhotometricDistort)
 RandomZoomOut = register()(T.RandomZoomOut)
 RandomHorizontalFlip = register()(T.RandomHorizontalFlip)
 Resize = register()(T.Resize)
-RandomCrop = register()(T.RandomCrop)        # leaves degenerate boxes: follow with Sanitize
+RandomCrop = register()(T.RandomCrop)  # leaves degenerate boxes: follow with Sanitize
 Normalize = register()(T.Normalize)
 
 
@@ -62,7 +75,9 @@ def per_object_tensors(sample: Any):
 class SanitizeBoundingBoxes(T.SanitizeBoundingBoxes):
     """torchvision's, filtering labels, area, iscrowd, parent_idx and the object index together."""
 
-    def __init__(self, min_size: float = 1.0, min_area: float = 1.0, labels_getter=per_object_tensors):
+    def __init__(
+        self, min_size: float = 1.0, min_area: float = 1.0, labels_getter=per_object_tensors
+    ):
         super().__init__(min_size=min_size, min_area=min_area, labels_getter=labels_getter)
 
 
@@ -71,10 +86,19 @@ class RandomIoUCrop(T.RandomIoUCrop):
     """torchvision's IoU crop, applied with probability ``p`` (boxes outside the crop are zeroed;
     a following SanitizeBoundingBoxes removes them)."""
 
-    def __init__(self, min_scale: float = 0.3, max_scale: float = 1.0, min_aspect_ratio: float = 0.5,
-                 max_aspect_ratio: float = 2.0, sampler_options: Optional[List[float]] = None,
-                 trials: int = 40, p: float = 1.0):
-        super().__init__(min_scale, max_scale, min_aspect_ratio, max_aspect_ratio, sampler_options, trials)
+    def __init__(
+        self,
+        min_scale: float = 0.3,
+        max_scale: float = 1.0,
+        min_aspect_ratio: float = 0.5,
+        max_aspect_ratio: float = 2.0,
+        sampler_options: Optional[List[float]] = None,
+        trials: int = 40,
+        p: float = 1.0,
+    ):
+        super().__init__(
+            min_scale, max_scale, min_aspect_ratio, max_aspect_ratio, sampler_options, trials
+        )
         self.p = p
 
     def forward(self, *inputs: Any) -> Any:
@@ -86,6 +110,7 @@ class RandomIoUCrop(T.RandomIoUCrop):
 @register()
 class ConvertPILImage(T.Transform):
     """PIL image -> tv_tensors.Image of ``dtype``; ``scale`` maps uint8 0..255 to 0..1."""
+
     _transformed_types = (PIL.Image.Image,)
 
     def __init__(self, dtype: str = "float32", scale: bool = True):
@@ -95,7 +120,7 @@ class ConvertPILImage(T.Transform):
         self.dtype, self.scale = dtype, scale
 
     def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
-        image = F.pil_to_tensor(inpt)                                        # [C, H, W] uint8
+        image = F.pil_to_tensor(inpt)  # [C, H, W] uint8
         image = F.to_dtype(tv_tensors.Image(image), getattr(torch, self.dtype), scale=self.scale)
         return image
 
@@ -107,6 +132,7 @@ class ConvertBoxes(T.Transform):
     Normalised boxes come out as a plain tensor (they are no longer pixel boxes of a canvas), so
     put this op last; the batch collation leaves plain-tensor boxes unscaled.
     """
+
     _transformed_types = (tv_tensors.BoundingBoxes,)
 
     def __init__(self, fmt: str = "", normalize: bool = False):
@@ -120,8 +146,9 @@ class ConvertBoxes(T.Transform):
             inpt = F.convert_bounding_box_format(inpt, new_format=self.fmt.upper())
         if self.normalize:
             h, w = inpt.canvas_size
-            inpt = inpt.as_subclass(torch.Tensor) / torch.tensor([w, h, w, h], dtype=inpt.dtype,
-                                                                 device=inpt.device)
+            inpt = inpt.as_subclass(torch.Tensor) / torch.tensor(
+                [w, h, w, h], dtype=inpt.dtype, device=inpt.device
+            )
         return inpt
 
 
@@ -150,9 +177,12 @@ class Compose(T.Compose):
                 raise ConfigError("Compose policy stop_epoch needs 'epoch' and 'ops'")
             known = {type(t).__name__ for t in self.transforms}
             unknown = [n for n in policy["ops"] if n not in known]
-            if unknown:     # harmless (nothing to switch off), but often a typo
-                warnings.warn(f"Compose policy stop_epoch names ops {unknown} that are not in the "
-                              f"pipeline ({sorted(known)})", stacklevel=2)
+            if unknown:  # harmless (nothing to switch off), but often a typo
+                warnings.warn(
+                    f"Compose policy stop_epoch names ops {unknown} that are not in the "
+                    f"pipeline ({sorted(known)})",
+                    stacklevel=2,
+                )
         elif name != "default":
             raise ConfigError(f"Compose: unknown policy {name!r} (use 'default' or 'stop_epoch')")
         self.policy = policy
@@ -163,14 +193,19 @@ class Compose(T.Compose):
 
     def is_active(self, op: nn.Module) -> bool:
         p = self.policy
-        return not (p["name"] == "stop_epoch" and self.epoch >= p["epoch"]
-                    and type(op).__name__ in p["ops"])
+        return not (
+            p["name"] == "stop_epoch" and self.epoch >= p["epoch"] and type(op).__name__ in p["ops"]
+        )
 
     def forward(self, *inputs: Any) -> Any:
         sample = inputs if len(inputs) > 1 else inputs[0]
         target = _target_of(sample)
         orig_parent = None
-        if target is not None and isinstance(target.get("parent_idx"), torch.Tensor) and "boxes" in target:
+        if (
+            target is not None
+            and isinstance(target.get("parent_idx"), torch.Tensor)
+            and "boxes" in target
+        ):
             orig_parent = target["parent_idx"]
             target[OBJ_KEY] = torch.arange(orig_parent.numel())
         for op in self.transforms:
@@ -189,5 +224,6 @@ class Compose(T.Compose):
         if kept.shape[0] != target["boxes"].shape[0]:
             raise RuntimeError(
                 f"{type(op).__name__} changed the number of boxes without carrying the per-object "
-                f"keys {PER_OBJECT_KEYS}; use rtdetrv2_icr's SanitizeBoundingBoxes")
+                f"keys {PER_OBJECT_KEYS}; use rtdetrv2_icr's SanitizeBoundingBoxes"
+            )
         target["parent_idx"] = remap_parent_idx(orig_parent, kept)

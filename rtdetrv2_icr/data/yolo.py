@@ -15,6 +15,7 @@ Pairing by containment gives each parent at most one child of a class where the 
 is counted. The counts are returned in the json's ``info["pairing"]`` (`format_pairing_summary`
 prints them).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,16 +25,23 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .annotations import InvalidAnnotationError
+from .errors import InvalidAnnotationError
 from .images import displayed_size
 from .pairing import assign_parents, containment, parents_by_label
 
-__all__ = ["yolo_to_coco", "parse_yolo_file", "IMAGE_EXTENSIONS", "default_relations",
-           "format_pairing_summary", "PairingWarning", "PAIRING_MODES"]
+__all__ = [
+    "yolo_to_coco",
+    "parse_yolo_file",
+    "IMAGE_EXTENSIONS",
+    "default_relations",
+    "format_pairing_summary",
+    "PairingWarning",
+    "PAIRING_MODES",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PAIRING_MODES = ("auto", "order", "containment")
-_EXAMPLES = 5            # rejected order links named by file:line
+_EXAMPLES = 5  # rejected order links named by file:line
 
 
 class PairingWarning(UserWarning):
@@ -42,28 +50,38 @@ class PairingWarning(UserWarning):
 
 def default_relations(class_names: Sequence[str]) -> List[dict]:
     """plate -> vehicle when both classes exist, else none."""
-    return [{"child": "plate", "parent": "vehicle"}] if {"plate", "vehicle"} <= set(class_names) else []
+    return (
+        [{"child": "plate", "parent": "vehicle"}]
+        if {"plate", "vehicle"} <= set(class_names)
+        else []
+    )
 
 
 def parse_yolo_file(path: str, num_classes: int) -> List[tuple]:
     """-> list of (class, cx, cy, w, h, line number); errors name the file and line."""
     rows = []
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 5:
-                raise InvalidAnnotationError(f"{path}:{n}: expected 'class cx cy w h', got {line.strip()!r}")
+                raise InvalidAnnotationError(
+                    f"{path}:{n}: expected 'class cx cy w h', got {line.strip()!r}"
+                )
             try:
                 cls = int(parts[0])
                 vals = [float(v) for v in parts[1:]]
             except ValueError as e:
                 raise InvalidAnnotationError(f"{path}:{n}: not numbers: {line.strip()!r}") from e
             if not 0 <= cls < num_classes:
-                raise InvalidAnnotationError(f"{path}:{n}: class {cls} is not in 0..{num_classes - 1}")
+                raise InvalidAnnotationError(
+                    f"{path}:{n}: class {cls} is not in 0..{num_classes - 1}"
+                )
             if not all(math.isfinite(v) for v in vals) or vals[2] <= 0 or vals[3] <= 0:
-                raise InvalidAnnotationError(f"{path}:{n}: box {vals} has non-positive or invalid size")
+                raise InvalidAnnotationError(
+                    f"{path}:{n}: box {vals} has non-positive or invalid size"
+                )
             rows.append((cls, *vals, n))
     return rows
 
@@ -90,10 +108,20 @@ def _order_pairs(labels: Sequence[int], parent_of: Sequence[int]) -> List[int]:
 def _new_stats(pairing: str, min_containment: float, names, parent_of, labels_dir) -> dict:
     """The counts kept in ``info["pairing"]`` (children = objects of a child class)."""
     rels = [{"child": names[c], "parent": names[p]} for c, p in enumerate(parent_of) if p >= 0]
-    return {"mode": pairing, "min_containment": float(min_containment), "relations": rels,
-            "labels_dir": str(labels_dir),
-            "children": 0, "by_order": 0, "by_containment": 0, "order_rejected": 0,
-            "rejected_repaired": 0, "shared_parent": 0, "orphans": 0, "first_rejected": []}
+    return {
+        "mode": pairing,
+        "min_containment": float(min_containment),
+        "relations": rels,
+        "labels_dir": str(labels_dir),
+        "children": 0,
+        "by_order": 0,
+        "by_containment": 0,
+        "order_rejected": 0,
+        "rejected_repaired": 0,
+        "shared_parent": 0,
+        "orphans": 0,
+        "first_rejected": [],
+    }
 
 
 def _pair_file(rows, boxes, names, parent_of, pairing, min_containment, lpath, stats, weak):
@@ -112,9 +140,11 @@ def _pair_file(rows, boxes, names, parent_of, pairing, min_containment, lpath, s
             continue
         rejected.add(i)
         at = f"{os.path.basename(lpath)}:{rows[i][5]}"
-        msg = (f"{lpath}:{rows[i][5]}: {names[cls[i]]} line is followed by a {names[cls[j]]} "
-               f"line (line {rows[j][5]}) that contains only {c:.2f} of it "
-               f"(--min-containment {min_containment:g})")
+        msg = (
+            f"{lpath}:{rows[i][5]}: {names[cls[i]]} line is followed by a {names[cls[j]]} "
+            f"line (line {rows[j][5]}) that contains only {c:.2f} of it "
+            f"(--min-containment {min_containment:g})"
+        )
         weak.append((msg, at))
     if pairing == "order":
         parents, shared = fixed, [False] * len(rows)
@@ -140,40 +170,61 @@ def format_pairing_summary(stats: dict) -> str:
     rel = ", ".join(f"{r['child']} -> {r['parent']}" for r in stats["relations"]) or "none"
     m = f"{stats['min_containment']:g}"
     rej = stats["order_rejected"]
-    lines = [f"pairing {stats['mode']} ({rel}, min containment {m}): "
-             f"{stats['children']} children"]
-    rows = [("linked by order", stats["by_order"],
-             "line order not used" if stats["mode"] == "containment" else ""),
-            ("linked by containment", stats["by_containment"],
-             f"{stats['rejected_repaired']} after their order link was rejected, "
-             f"{stats['by_containment'] - stats['rejected_repaired']} without a parent line "
-             f"after them" if stats["mode"] == "auto" and stats["by_containment"] else ""),
-            ("order links rejected", rej,
-             f"the child lies < {m} inside the parent on the next line" if rej else ""),
-            ("sharing a parent", stats["shared_parent"],
-             "every parent containing them >= " + m + " already has a child"
-             if stats["shared_parent"] else ""),
-            ("orphans", stats["orphans"],
-             "written with parent_id -1" if stats["orphans"] else "")]
+    lines = [f"pairing {stats['mode']} ({rel}, min containment {m}): {stats['children']} children"]
+    rows = [
+        (
+            "linked by order",
+            stats["by_order"],
+            "line order not used" if stats["mode"] == "containment" else "",
+        ),
+        (
+            "linked by containment",
+            stats["by_containment"],
+            f"{stats['rejected_repaired']} after their order link was rejected, "
+            f"{stats['by_containment'] - stats['rejected_repaired']} without a parent line "
+            f"after them"
+            if stats["mode"] == "auto" and stats["by_containment"]
+            else "",
+        ),
+        (
+            "order links rejected",
+            rej,
+            f"the child lies < {m} inside the parent on the next line" if rej else "",
+        ),
+        (
+            "sharing a parent",
+            stats["shared_parent"],
+            "every parent containing them >= " + m + " already has a child"
+            if stats["shared_parent"]
+            else "",
+        ),
+        ("orphans", stats["orphans"], "written with parent_id -1" if stats["orphans"] else ""),
+    ]
     for name, n, note in rows:
         lines.append(f"  {name:<22}{n:>7}" + (f"  ({note})" if note else ""))
     if rej:
         more = " ..." if rej > len(stats["first_rejected"]) else ""
-        lines.append(f"  first rejected (in {stats['labels_dir']}): "
-                     f"{', '.join(stats['first_rejected'])}{more}")
+        lines.append(
+            f"  first rejected (in {stats['labels_dir']}): "
+            f"{', '.join(stats['first_rejected'])}{more}"
+        )
     return "\n".join(lines)
 
 
 def _warn_if_needed(labels_dir: str, stats: dict) -> None:
     parts = []
     if stats["orphans"]:
-        parts.append(f"{stats['orphans']} child objects have no parent (pairing={stats['mode']}); "
-                     f"written with parent_id -1")
+        parts.append(
+            f"{stats['orphans']} child objects have no parent (pairing={stats['mode']}); "
+            f"written with parent_id -1"
+        )
     if stats["order_rejected"]:
-        parts.append(f"{stats['order_rejected']} order links rejected (child < "
-                     f"{stats['min_containment']:g} inside the next line's parent; "
-                     f"{stats['rejected_repaired']} re-paired by containment; first: "
-                     f"{', '.join(stats['first_rejected'])})")
+        parts.append(
+            f"{stats['order_rejected']} order links rejected (child < "
+            f"{stats['min_containment']:g} inside the next line's parent; "
+            f"{stats['rejected_repaired']} re-paired by containment; first: "
+            f"{', '.join(stats['first_rejected'])})"
+        )
     if stats["shared_parent"]:
         parts.append(f"{stats['shared_parent']} children share their parent with another child")
     if parts:
@@ -195,17 +246,24 @@ def _image_files(images_dir: str, labels_dir: str):
     labels = {os.path.splitext(f)[0]: f for f in os.listdir(labels_dir) if f.endswith(".txt")}
     orphans = sorted(set(labels) - set(images))
     if orphans:
-        raise InvalidAnnotationError(f"{labels_dir}: label files without an image in {images_dir}: "
-                                     f"{[labels[s] for s in orphans[:5]]}"
-                                     f"{' ...' if len(orphans) > 5 else ''}")
+        raise InvalidAnnotationError(
+            f"{labels_dir}: label files without an image in {images_dir}: "
+            f"{[labels[s] for s in orphans[:5]]}"
+            f"{' ...' if len(orphans) > 5 else ''}"
+        )
     if not images:
         raise InvalidAnnotationError(f"{images_dir}: empty split (no images)")
     return images, labels
 
 
-def yolo_to_coco(images_dir: str, labels_dir: str, class_names: Sequence[str],
-                 pairing: str = "auto", relations: Optional[Sequence[dict]] = None,
-                 min_containment: float = 0.5) -> dict:
+def yolo_to_coco(
+    images_dir: str,
+    labels_dir: str,
+    class_names: Sequence[str],
+    pairing: str = "auto",
+    relations: Optional[Sequence[dict]] = None,
+    min_containment: float = 0.5,
+) -> dict:
     """Build a COCO dict (images sorted by file name, ids from 1) from a YOLO split.
 
     Images without a label file have no objects; a label file without an image is an error.
@@ -224,11 +282,17 @@ def yolo_to_coco(images_dir: str, labels_dir: str, class_names: Sequence[str],
 
     stats = _new_stats(pairing, min_containment, names, parent_of, labels_dir)
     weak: List[tuple] = []
-    coco = {"info": {"description": f"YOLO labels {labels_dir} imported by yolo_to_coco",
-                     "pairing": stats},
-            "images": [], "annotations": [],
-            "categories": [{"id": i + 1, "name": n, "supercategory": "object"}
-                           for i, n in enumerate(names)]}
+    coco = {
+        "info": {
+            "description": f"YOLO labels {labels_dir} imported by yolo_to_coco",
+            "pairing": stats,
+        },
+        "images": [],
+        "annotations": [],
+        "categories": [
+            {"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(names)
+        ],
+    }
     ann_id = 1
     for image_id, stem in enumerate(sorted(images), start=1):
         path = os.path.join(images_dir, images[stem])
@@ -236,22 +300,33 @@ def yolo_to_coco(images_dir: str, labels_dir: str, class_names: Sequence[str],
             width, height = displayed_size(path)
         except (OSError, SyntaxError) as e:
             raise InvalidAnnotationError(f"cannot read image {path}: {e}") from e
-        coco["images"].append({"id": image_id, "file_name": images[stem], "width": width,
-                               "height": height})
+        coco["images"].append(
+            {"id": image_id, "file_name": images[stem], "width": width, "height": height}
+        )
         if stem not in labels:
             continue
         lpath = os.path.join(labels_dir, labels[stem])
         rows = parse_yolo_file(lpath, len(names))
         boxes = [_pixel_box(r, width, height, f"{lpath}:{r[5]}") for r in rows]
-        parents = _pair_file(rows, boxes, names, parent_of, pairing, min_containment, lpath,
-                             stats, weak)
+        parents = _pair_file(
+            rows, boxes, names, parent_of, pairing, min_containment, lpath, stats, weak
+        )
         first = ann_id
         for k, (b, row) in enumerate(zip(boxes, rows)):
             c = row[0]
-            ann = {"id": first + k, "image_id": image_id, "category_id": c + 1,
-                   "bbox": [round(b[0], 3), round(b[1], 3), round(b[2] - b[0], 3),
-                            round(b[3] - b[1], 3)],
-                   "area": round((b[2] - b[0]) * (b[3] - b[1]), 3), "iscrowd": 0}
+            ann = {
+                "id": first + k,
+                "image_id": image_id,
+                "category_id": c + 1,
+                "bbox": [
+                    round(b[0], 3),
+                    round(b[1], 3),
+                    round(b[2] - b[0], 3),
+                    round(b[3] - b[1], 3),
+                ],
+                "area": round((b[2] - b[0]) * (b[3] - b[1]), 3),
+                "iscrowd": 0,
+            }
             if parent_of[c] >= 0:
                 ann["parent_id"] = first + parents[k] if parents[k] >= 0 else -1
             coco["annotations"].append(ann)
@@ -261,8 +336,10 @@ def yolo_to_coco(images_dir: str, labels_dir: str, class_names: Sequence[str],
         if len(weak) > 1:
             first = ", ".join(at for _, at in weak[:_EXAMPLES])
             more = f"; {len(weak)} such links in {labels_dir}, first: {first}"
-        raise InvalidAnnotationError(f"{weak[0][0]}{more}. --pairing auto keeps the order links "
-                                     f"that hold and pairs the other children by containment")
+        raise InvalidAnnotationError(
+            f"{weak[0][0]}{more}. --pairing auto keeps the order links "
+            f"that hold and pairs the other children by containment"
+        )
     stats["order_rejected"] = len(weak)
     stats["first_rejected"] = [at for _, at in weak[:_EXAMPLES]]
     _warn_if_needed(labels_dir, stats)

@@ -23,9 +23,18 @@ COCO categories: 1 = plate, 2 = vehicle (YOLO class + 1); plates carry ``parent_
 ``0 cx cy w h`` (plate) directly followed by ``1 cx cy w h`` (its vehicle); a vehicle whose plate
 is not visible has its line alone.
 """
+
 from .config import KINDS, SceneConfig, VehicleKind
 from .scene import draw_scene
 from .writer import CATEGORIES, SPLIT_CODES, write_dataset, write_split
 
-__all__ = ["SceneConfig", "VehicleKind", "KINDS", "draw_scene", "write_split", "write_dataset",
-           "CATEGORIES", "SPLIT_CODES"]
+__all__ = [
+    "SceneConfig",
+    "VehicleKind",
+    "KINDS",
+    "draw_scene",
+    "write_split",
+    "write_dataset",
+    "CATEGORIES",
+    "SPLIT_CODES",
+]

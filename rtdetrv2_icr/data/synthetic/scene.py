@@ -1,10 +1,11 @@
 """One synthetic scene in four steps, all drawn from one random stream in a fixed order:
 
-    1. layout      vehicles placed on the road in perspective, far to near (amodal boxes)
-    2. painting    background, signs, vehicles and plates (`painting.py`), plus an id map
-    3. annotation  visible boxes read from the id map (occlusion and the image border)
-    4. photometry  night glare, blur, exposure, colour cast, low-frequency blotches, noise
+1. layout      vehicles placed on the road in perspective, far to near (amodal boxes)
+2. painting    background, signs, vehicles and plates (`painting.py`), plus an id map
+3. annotation  visible boxes read from the id map (occlusion and the image border)
+4. photometry  night glare, blur, exposure, colour cast, low-frequency blotches, noise
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -22,7 +23,7 @@ def sample_vehicles(rng, S: int, hz: int, vx: float, spread: float, cfg: SceneCo
     """Amodal layouts, far to near: dicts with kind, x0, y0, w, h."""
     kinds = list(KINDS)
     probs = np.array([KINDS[k].prob for k in kinds])
-    scale = rng.uniform(0.5, 0.8)                                   # vehicle width per row below hz
+    scale = rng.uniform(0.5, 0.8)  # vehicle width per row below hz
     n = int(rng.integers(cfg.min_vehicles, cfg.max_vehicles + 1))
     placed: List[dict] = []
     for _ in range(n * 12):
@@ -38,7 +39,7 @@ def sample_vehicles(rng, S: int, hz: int, vx: float, spread: float, cfg: SceneCo
         cx = vx + rng.uniform(-0.95, 0.95) * spread * (yb - hz)
         box = np.array([cx - w / 2, yb - h, cx + w / 2, yb])
         if box[2] < 0.15 * w or box[0] > S - 0.15 * w or box[1] > S - 0.3 * h:
-            continue                                               # mostly outside the image
+            continue  # mostly outside the image
         ok = True
         for p in placed:
             q = p["box"]
@@ -64,8 +65,12 @@ def _mask_box(mask: np.ndarray, ox: int, oy: int):
 
 
 def _clip(box, S):
-    return [int(np.clip(np.floor(box[0]), 0, S)), int(np.clip(np.floor(box[1]), 0, S)),
-            int(np.clip(np.ceil(box[2]) + 1, 0, S)), int(np.clip(np.ceil(box[3]) + 1, 0, S))]
+    return [
+        int(np.clip(np.floor(box[0]), 0, S)),
+        int(np.clip(np.floor(box[1]), 0, S)),
+        int(np.clip(np.ceil(box[2]) + 1, 0, S)),
+        int(np.clip(np.ceil(box[3]) + 1, 0, S)),
+    ]
 
 
 def _annotate(id_arr: np.ndarray, drawn, S: int) -> List[dict]:
@@ -73,29 +78,33 @@ def _annotate(id_arr: np.ndarray, drawn, S: int) -> List[dict]:
     than 70 % visible or cut by the border is not annotated (its vehicle stays)."""
     objects = []
     for k, cb, (px0, py0, pw, ph), own_px in drawn:
-        m = id_arr[cb[1]:cb[3], cb[0]:cb[2]] == k
+        m = id_arr[cb[1] : cb[3], cb[0] : cb[2]] == k
         vbox = _mask_box(m, cb[0], cb[1])
         if vbox is None or m.sum() < 0.3 * own_px or vbox[2] - vbox[0] < 4 or vbox[3] - vbox[1] < 4:
             continue
         pbox = None
         if px0 >= 0 and py0 >= 0 and px0 + pw <= S and py0 + ph <= S:
-            pm = id_arr[py0:py0 + ph, px0:px0 + pw] == k
+            pm = id_arr[py0 : py0 + ph, px0 : px0 + pw] == k
             if pm.mean() >= 0.7:
                 pbox = _mask_box(pm, px0, py0)
         objects.append({"vehicle": vbox, "plate": pbox})
     return objects
 
 
-def _photometry(img: Image.Image, rng, cfg: SceneConfig, hz: int, night: bool,
-                glow: list) -> Image.Image:
+def _photometry(
+    img: Image.Image, rng, cfg: SceneConfig, hz: int, night: bool, glow: list
+) -> Image.Image:
     """Glare at night, optional blur, exposure and colour cast, blotches and sensor noise."""
     S = cfg.size
     arr = np.asarray(img).astype(np.float32)
     if night:
         _add_glow(arr, glow, S, rng)
     if rng.random() < cfg.blur_prob:
-        arr = np.asarray(Image.fromarray(arr.clip(0, 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(radius=float(rng.uniform(0.4, 1.1)) * S / 640))).astype(np.float32)
+        arr = np.asarray(
+            Image.fromarray(arr.clip(0, 255).astype(np.uint8)).filter(
+                ImageFilter.GaussianBlur(radius=float(rng.uniform(0.4, 1.1)) * S / 640)
+            )
+        ).astype(np.float32)
     gain = rng.uniform(0.75, 1.2) if not night else rng.uniform(0.8, 1.3)
     cast = rng.uniform(0.93, 1.07, 3).astype(np.float32)
     arr *= gain * cast
@@ -122,7 +131,9 @@ def draw_scene(rng: np.random.Generator, cfg: SceneConfig):
     for k, v in enumerate(sample_vehicles(rng, S, hz, vx, spread, cfg), start=1):
         plate = draw_vehicle(img_d, id_d, rng, v["box"], v["kind"], k, night, glow)
         cb = _clip(v["box"], S)
-        drawn.append((k, cb, plate, int((np.asarray(ids.crop(cb)) == k).sum())))  # px before occlusion
+        drawn.append(
+            (k, cb, plate, int((np.asarray(ids.crop(cb)) == k).sum()))
+        )  # px before occlusion
     objects = _annotate(np.asarray(ids), drawn, S)
     return _photometry(img, rng, cfg, hz, night, glow), objects, night
 

@@ -1,9 +1,10 @@
 """Writing synthetic splits: JPEG images, a COCO json with ``parent_id`` and YOLO labels."""
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
@@ -12,14 +13,18 @@ from .scene import draw_scene
 
 __all__ = ["write_split", "write_dataset", "CATEGORIES", "SPLIT_CODES"]
 
-CATEGORIES = [{"id": 1, "name": "plate", "supercategory": "plate"},
-              {"id": 2, "name": "vehicle", "supercategory": "vehicle"}]
+CATEGORIES = [
+    {"id": 1, "name": "plate", "supercategory": "plate"},
+    {"id": 2, "name": "vehicle", "supercategory": "vehicle"},
+]
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 def _yolo_line(cls: int, b, S: int) -> str:
-    return (f"{cls} {(b[0] + b[2]) / 2 / S:.6f} {(b[1] + b[3]) / 2 / S:.6f} "
-            f"{(b[2] - b[0]) / S:.6f} {(b[3] - b[1]) / S:.6f}")
+    return (
+        f"{cls} {(b[0] + b[2]) / 2 / S:.6f} {(b[1] + b[3]) / 2 / S:.6f} "
+        f"{(b[2] - b[0]) / S:.6f} {(b[3] - b[1]) / S:.6f}"
+    )
 
 
 def write_split(out_dir: str, split: str, n: int, seed: int, cfg: SceneConfig) -> dict:
@@ -33,16 +38,19 @@ def write_split(out_dir: str, split: str, n: int, seed: int, cfg: SceneConfig) -
         os.makedirs(d_, exist_ok=True)
     S = cfg.size
     coco: Dict[str, list] = {"images": [], "annotations": [], "categories": CATEGORIES}
-    coco["info"] = {"description": f"synthetic SVMLP-style scenes, seed {seed}, split {split}",
-                    "generator": "rtdetrv2_icr.data.synthetic"}
+    coco["info"] = {
+        "description": f"synthetic SVMLP-style scenes, seed {seed}, split {split}",
+        "generator": "rtdetrv2_icr.data.synthetic",
+    }
     ann_id = 1
     for i in range(n):
         rng = np.random.default_rng([seed, SPLIT_CODES[split], i])
         img, objects, night = draw_scene(rng, cfg)
         name = f"{i + 1:06d}"
         img.save(os.path.join(img_dir, name + ".jpg"), quality=90)
-        coco["images"].append({"id": i + 1, "file_name": name + ".jpg", "width": S, "height": S,
-                               "night": night})
+        coco["images"].append(
+            {"id": i + 1, "file_name": name + ".jpg", "width": S, "height": S, "night": night}
+        )
         lines = []
         for o in objects:
             v, p = o["vehicle"], o["plate"]
@@ -61,14 +69,21 @@ def write_split(out_dir: str, split: str, n: int, seed: int, cfg: SceneConfig) -
 
 
 def _ann(aid: int, image_id: int, cat: int, b, parent_id=None) -> dict:
-    a = {"id": aid, "image_id": image_id, "category_id": cat,
-         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
-         "iscrowd": 0}
+    a = {
+        "id": aid,
+        "image_id": image_id,
+        "category_id": cat,
+        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+        "area": (b[2] - b[0]) * (b[3] - b[1]),
+        "iscrowd": 0,
+    }
     if parent_id is not None:
         a["parent_id"] = parent_id
     return a
 
 
-def write_dataset(out_dir: str, splits: Dict[str, int], seed: int = 0, cfg: SceneConfig = None) -> Dict[str, dict]:
+def write_dataset(
+    out_dir: str, splits: Dict[str, int], seed: int = 0, cfg: SceneConfig = None
+) -> Dict[str, dict]:
     cfg = cfg or SceneConfig()
     return {s: write_split(out_dir, s, n, seed, cfg) for s, n in splits.items() if n > 0}
