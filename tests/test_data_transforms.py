@@ -273,7 +273,7 @@ def test_dataset_configs_build(synth, tmp_path):
     top = tmp_path / "top.yml"
     top.write_text(
         f"__include__: ['{root}/configs/dataset/synthetic.yml', "
-        f"'{root}/configs/rtdetrv2/include/dataloader.yml']\n"
+        f"'{root}/configs/rtdetrv2/include/dataloader.yml']\nimage_size: [640, 640]\n"
     )
     paths = {"img_folder": img_dir, "ann_file": ann_file}
     cfg = YAMLConfig(
@@ -284,7 +284,7 @@ def test_dataset_configs_build(synth, tmp_path):
     )
     assert cfg["class_names"] == ["plate", "vehicle"] and cfg["num_classes"] == 2
     for split in ("train", "val", "test"):
-        section = cfg[f"{split}_dataloader"]
+        section = cfg.dataloader_spec(f"{split}_dataloader")  # test: val with test paths
         assert section["type"] == "DataLoader" and "total_batch_size" in section
         ds = cfg.create(section["dataset"])
         collate = cfg.create(section["collate_fn"])

@@ -22,6 +22,21 @@ from .yaml_utils import SOURCES_KEY, load_config, merge_dict
 __all__ = ["YAMLConfig"]
 
 
+def _derive_sizes(cfg: Dict[str, Any]) -> None:
+    """``image_size`` (int or [h, w]) is the one size key: stored as [h, w]; ``eval_spatial_size``
+    follows it unless set; transforms' Resize ops and the multi-scale collate read it as a shared
+    key (docs/configs.md)."""
+    size = cfg.get("image_size")
+    if size is None:
+        return
+    hw = [size, size] if isinstance(size, int) else list(size)
+    if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
+        raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
+    cfg["image_size"] = hw
+    if cfg.get("eval_spatial_size") is None:
+        cfg["eval_spatial_size"] = list(hw)
+
+
 class YAMLConfig:
     def __init__(
         self, cfg_path: Optional[str] = None, cfg: Optional[dict] = None, **overrides: Any
@@ -36,6 +51,7 @@ class YAMLConfig:
             merge_dict(merged, overrides, merged[SOURCES_KEY], "override")
         self.cfg_path = cfg_path
         self.yaml_cfg: Dict[str, Any] = merged
+        _derive_sizes(merged)
         self._built: Dict[str, Any] = {}
 
     # ---- generic access -------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
-from ..core.registry import register
+from ..core.registry import ConfigError, register
 
 __all__ = ["BatchImageCollateFunction", "batch_image_collate_fn", "multiscale_sizes"]
 
@@ -56,14 +56,27 @@ class BatchImageCollateFunction:
     come from ``multiscale_sizes(base_size, base_size_repeat)``. ``interpolation`` is the
     ``F.interpolate`` mode (upstream uses the default, ``nearest``)."""
 
+    __share__ = ["image_size"]
+
     def __init__(
         self,
         scales: Optional[Sequence[Any]] = None,
         stop_epoch: Optional[int] = None,
-        base_size: int = 640,
+        base_size: Optional[int] = None,
         base_size_repeat: Optional[int] = None,
         interpolation: str = "nearest",
+        image_size=None,
     ):
+        if base_size is None:  # the top-level image_size (square) or upstream's 640
+            sizes = (
+                [image_size] * 2 if isinstance(image_size, int) else list(image_size or [640] * 2)
+            )
+            if base_size_repeat is not None and sizes[0] != sizes[1]:
+                raise ConfigError(
+                    f"BatchImageCollateFunction: multi-scale sizes are square; "
+                    f"image_size {sizes} is not (give scales explicitly)"
+                )
+            base_size = int(sizes[0])
         if scales is None and base_size_repeat is not None:
             scales = multiscale_sizes(base_size, base_size_repeat)
         self.scales = list(scales) if scales is not None else None

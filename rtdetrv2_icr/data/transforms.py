@@ -25,6 +25,7 @@ import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
 from ..core.registry import ConfigError, create, register
+from ..ops.letterbox import letterbox_layout
 from .pairing import remap_parent_idx
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "SanitizeBoundingBoxes",
     "RandomHorizontalFlip",
     "Resize",
+    "Letterbox",
     "RandomCrop",
     "Normalize",
     "ConvertPILImage",
@@ -50,7 +52,7 @@ PER_OBJECT_KEYS = ("labels", "area", "iscrowd", "parent_idx", OBJ_KEY)
 RandomPhotometricDistort = register()(T.RandomPhotometricDistort)
 RandomZoomOut = register()(T.RandomZoomOut)
 RandomHorizontalFlip = register()(T.RandomHorizontalFlip)
-Resize = register()(T.Resize)
+Resize = register()(T.Resize)  # in a Compose, `size` defaults to the top-level image_size
 RandomCrop = register()(T.RandomCrop)  # leaves degenerate boxes: follow with Sanitize
 Normalize = register()(T.Normalize)
 
@@ -152,23 +154,78 @@ class ConvertBoxes(T.Transform):
         return inpt
 
 
-def _build_op(op: Any) -> nn.Module:
+@register()
+class Letterbox(T.Transform):
+    """Resize to fit ``size`` (h, w) with the aspect ratio kept, then pad both sides equally with
+    ``fill`` (`ops.letterbox.letterbox_layout`). Boxes follow exactly; the post-processor with
+    ``letterbox: true`` maps predictions back to the original image."""
+
+    def __init__(self, size, fill: float = 0.0):
+        super().__init__()
+        self.size = (
+            [int(size), int(size)] if isinstance(size, (int, float)) else [int(v) for v in size]
+        )
+        self.fill = fill
+
+    def make_params(self, flat_inputs: List[Any]) -> Dict[str, Any]:
+        h, w = F.get_size(
+            next(x for x in flat_inputs if isinstance(x, (PIL.Image.Image, tv_tensors.Image)))
+        )
+        nh, nw, top, left = (int(v) for v in letterbox_layout(torch.tensor([h, w]), self.size))
+        return {
+            "new": [nh, nw],
+            "pad": [left, top, self.size[1] - nw - left, self.size[0] - nh - top],
+        }
+
+    def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
+        if not isinstance(inpt, (PIL.Image.Image, tv_tensors.Image, tv_tensors.BoundingBoxes)):
+            return inpt
+        out = F.resize(inpt, params["new"])
+        return F.pad(
+            out,
+            params["pad"],
+            fill=self.fill if not isinstance(out, tv_tensors.BoundingBoxes) else 0,
+        )
+
+
+def _build_op(op: Any, image_size=None, letterbox: bool = False) -> nn.Module:
+    """A transform from a ``{type: Name, ...}`` dict: a Resize without ``size`` takes
+    ``image_size``, and with ``letterbox`` every Resize becomes a `Letterbox` of its size."""
     if isinstance(op, nn.Module):
         return op
     if isinstance(op, dict):
         if "type" not in op:
             raise ConfigError(f"Compose: op {op!r} needs a 'type'")
-        return create(dict(op), {}, _path=f"Compose.ops.{op['type']}")
+        op = dict(op)
+        if op["type"] == "Resize":
+            if op.get("size") is None:
+                if image_size is None:
+                    raise ConfigError(
+                        "Compose: a Resize without size needs the top-level image_size"
+                    )
+                op["size"] = list(image_size)
+            if letterbox:
+                op = {"type": "Letterbox", "size": op["size"]}
+        return create(op, {}, _path=f"Compose.ops.{op['type']}")
     raise ConfigError(f"Compose: an op must be a {{type: Name, ...}} dict or a module, got {op!r}")
 
 
 @register()
 class Compose(T.Compose):
     """Run ``ops`` in order; ``policy: {name: stop_epoch, epoch: N, ops: [names]}`` switches the
-    named ops off from epoch N on (`set_epoch`). Keeps ``parent_idx`` consistent (module doc)."""
+    named ops off from epoch N on (`set_epoch`). Keeps ``parent_idx`` consistent (module doc).
+    ``image_size`` and ``letterbox`` (shared top-level keys) shape the Resize ops."""
 
-    def __init__(self, ops: Optional[Sequence[Any]] = None, policy: Optional[dict] = None):
-        built = [_build_op(op) for op in (ops or [])]
+    __share__ = ["image_size", "letterbox"]
+
+    def __init__(
+        self,
+        ops: Optional[Sequence[Any]] = None,
+        policy: Optional[dict] = None,
+        image_size=None,
+        letterbox: bool = False,
+    ):
+        built = [_build_op(op, image_size, bool(letterbox)) for op in (ops or [])]
         super().__init__(built or [T.Identity()])
         policy = dict(policy or {"name": "default"})
         name = policy.get("name", "default")

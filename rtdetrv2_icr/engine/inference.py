@@ -54,7 +54,7 @@ def run_inference(
         with autocast():
             outputs = float_outputs(module(samples))
         orig = torch.stack([t["orig_size"] for t in targets], 0).to(device)
-        results = postprocessor(outputs, orig)
+        results = postprocessor(outputs, orig, input_size=samples.shape[-2:])
         evaluator.update({int(t["image_id"].reshape(-1)[0]): r for t, r in zip(targets, results)})
         if len(vis) < n_vis:
             vis += vis_items(postprocessor, samples, targets, outputs, evaluator, n_vis - len(vis))

@@ -8,6 +8,7 @@ import torch.nn as nn
 from ..core.mscoco import MSCOCO_CATEGORY_IDS
 from ..core.registry import register
 from ..ops.boxes import box_cxcywh_to_xyxy
+from ..ops.letterbox import letterbox_layout
 
 __all__ = ["RTDETRPostProcessor", "MSCOCO_CATEGORY_IDS"]
 
@@ -45,9 +46,20 @@ class RTDETRPostProcessor(nn.Module):
     is given (at construction, as an attribute or per call: dict, list or tensor indexed by label)
     or, as upstream, to COCO ids with ``remap_mscoco_category``. After ``deploy()`` the call
     returns plain tensors ``(labels [B, k], boxes [B, k, 4], scores [B, k])`` without remapping.
+
+    With ``letterbox`` (the inputs were letterboxed to ``eval_spatial_size``, or to the size given
+    per call) boxes are mapped back through `ops.letterbox.letterbox_layout`, undoing the
+    padding and the aspect-preserving scale exactly, and clipped to the image.
     """
 
-    __share__ = ["num_classes", "use_focal_loss", "num_top_queries", "remap_mscoco_category"]
+    __share__ = [
+        "num_classes",
+        "use_focal_loss",
+        "num_top_queries",
+        "remap_mscoco_category",
+        "letterbox",
+        "eval_spatial_size",
+    ]
 
     def __init__(
         self,
@@ -56,8 +68,12 @@ class RTDETRPostProcessor(nn.Module):
         num_top_queries=300,
         remap_mscoco_category=False,
         label_to_category: Optional[LabelMap] = None,
+        letterbox: bool = False,
+        eval_spatial_size=None,
     ):
         super().__init__()
+        self.letterbox = bool(letterbox)
+        self.input_size = list(eval_spatial_size) if eval_spatial_size else None
         self.num_classes = int(num_classes)
         self.use_focal_loss = use_focal_loss
         self.num_top_queries = num_top_queries
@@ -92,15 +108,21 @@ class RTDETRPostProcessor(nn.Module):
         outputs: Dict[str, torch.Tensor],
         orig_target_sizes: torch.Tensor,
         label_to_category: Optional[LabelMap] = None,
+        input_size=None,
     ):
+        """``orig_target_sizes`` [B, 2] (width, height); ``input_size`` (h, w) of the network
+        input, needed with ``letterbox`` (default: ``eval_spatial_size``)."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if orig_target_sizes.shape != (boxes.shape[0], 2):
             raise ValueError(
                 f"RTDETRPostProcessor: orig_target_sizes must be [B, 2] (width, height) "
                 f"for B={boxes.shape[0]}, got {tuple(orig_target_sizes.shape)}"
             )
-        scale = orig_target_sizes.to(boxes.dtype).repeat(1, 2)[:, None]  # [B, 1, 4] = (w, h, w, h)
-        pixels = box_cxcywh_to_xyxy(boxes) * scale
+        if self.letterbox:
+            pixels = self._unletterbox(box_cxcywh_to_xyxy(boxes), orig_target_sizes, input_size)
+        else:
+            scale = orig_target_sizes.to(boxes.dtype).repeat(1, 2)[:, None]  # [B, 1, 4] (w,h,w,h)
+            pixels = box_cxcywh_to_xyxy(boxes) * scale
         labels, pixels, scores = self._select(logits, pixels)
 
         if self.deploy_mode:
@@ -121,6 +143,22 @@ class RTDETRPostProcessor(nn.Module):
         return [
             {"labels": lab, "boxes": b, "scores": s} for lab, b, s in zip(labels, pixels, scores)
         ]
+
+    def _unletterbox(self, xyxy: torch.Tensor, orig_wh: torch.Tensor, input_size) -> torch.Tensor:
+        """Normalised xyxy boxes [B, Q, 4] of letterboxed inputs -> pixels of the original."""
+        size = list(input_size) if input_size is not None else self.input_size
+        if size is None:
+            raise ValueError(
+                "RTDETRPostProcessor: letterbox needs the input size (eval_spatial_size "
+                "or input_size=)"
+            )
+        layout = letterbox_layout(orig_wh.flip(-1), size)  # [B, 4] nh, nw, top, left
+        canvas = torch.tensor([size[1], size[0]] * 2, dtype=torch.float64, device=xyxy.device)
+        offset = layout[:, [3, 2, 3, 2]]  # left, top, left, top
+        gain = (orig_wh.to(torch.float64) / layout[:, [1, 0]]).repeat(1, 2)  # w/nw, h/nh, ...
+        px = (xyxy.to(torch.float64) * canvas - offset[:, None]) * gain[:, None]
+        limit = orig_wh.to(torch.float64).repeat(1, 2)[:, None]
+        return torch.minimum(px.clamp(min=0), limit).to(xyxy.dtype)
 
     def deploy(self) -> "RTDETRPostProcessor":
         self.eval()

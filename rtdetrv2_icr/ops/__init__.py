@@ -2,6 +2,7 @@
 
 `boxes`: format conversions, areas, pairwise and paired IoU / GIoU, containment, inverse_sigmoid.
 `cbbl_grid`: the C-BBL offset grid, the expectation over it and two-hot targets.
+`letterbox`: where an image lands in a canvas when resized with its aspect ratio kept.
 """
 
 from .boxes import (
@@ -18,6 +19,7 @@ from .boxes import (
     paired_intersection,
 )
 from .cbbl_grid import cbbl_grid, expected_offset, two_hot
+from .letterbox import letterbox_layout
 
 __all__ = [
     "box_area",
@@ -34,4 +36,5 @@ __all__ = [
     "cbbl_grid",
     "expected_offset",
     "two_hot",
+    "letterbox_layout",
 ]
