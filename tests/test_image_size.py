@@ -3,6 +3,7 @@
 import pytest
 import torch
 from PIL import Image
+from test_engine_train import REPO, make_data
 from torchvision import tv_tensors
 
 import rtdetrv2_icr  # noqa: F401
@@ -10,7 +11,6 @@ from rtdetrv2_icr.core import ConfigError, YAMLConfig, create
 from rtdetrv2_icr.engine import builders
 from rtdetrv2_icr.nn.postprocessor import RTDETRPostProcessor
 from rtdetrv2_icr.ops.letterbox import letterbox_layout
-from test_engine_train import REPO, make_data
 
 SVMLP = f"{REPO}/configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml"
 

@@ -107,7 +107,7 @@ def create(name_or_spec: Any, cfg: Optional[dict] = None, _path: Optional[str] =
 
     cls = get_registered(type_name)
     names, required, var_kw = _signature(cls)
-    inject = set(getattr(cls, "__inject__", ()))
+    inject = list(getattr(cls, "__inject__", ()))  # in declared order: RNG use is repeatable
     share = set(getattr(cls, "__share__", ()))
 
     args: Dict[str, Any] = {}
