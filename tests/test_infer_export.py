@@ -204,12 +204,12 @@ def test_infer_single_image_threshold_and_links(setup):
     image = os.path.join(setup["data"], "test", "images", "000001.jpg")
     out = setup["root"] / "pred_one"
     rc, text = run_tool("infer", ["-c", setup["cfg"], "-r", setup["ckpt"], "--input", image,
-                                  "--out", str(out), "--score", "0.0099"])
+                                  "--out", str(out), "--score", "0.0099", "--draw-min-side", "100"])
     assert rc == 0
     res = json.load(open(out / "predictions.json"))
     assert all(r["score"] >= 0.0099 for r in res)
     check_predictions(res)
-    assert (out / "000001.jpg").is_file()
+    assert PIL.Image.open(out / "000001.jpg").size == (2 * SIZE, 2 * SIZE)   # drawn enlarged
 
 
 def test_infer_video(setup):

@@ -24,7 +24,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
 import torch  # noqa: E402
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -56,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--ann", help="COCO json of the input images: image ids and category ids "
                                  "(default: the config's dataset json whose img_folder is --input)")
     p.add_argument("--no-draw", action="store_true", help="write predictions.json only")
+    p.add_argument("--draw-min-side", type=int, default=0, metavar="PX",
+                   help="draw small images enlarged (integer factor) to at least PX on their "
+                        "longer side, so labels stay legible (default: original size)")
     p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args(argv)
     if bool(args.checkpoint) == bool(args.onnx):
@@ -105,6 +108,7 @@ class Predictor:
         self.transforms = eval_transforms(cfg)
         self.names, self.parent_of = class_info(cfg)
         self.thr = args.score
+        self.min_side = args.draw_min_side
         self.device = device
         if args.onnx:
             self.onnx = OnnxRunner(args.onnx, str(device))
@@ -138,8 +142,12 @@ class Predictor:
 
     def draw(self, image, det):
         lab, box, sc, parent = det
-        out = draw_detections(pil_to_tensor(image), torch.from_numpy(box), torch.from_numpy(lab),
-                              self.names, torch.from_numpy(sc), torch.from_numpy(parent))
+        k = max(1, -(-self.min_side // max(image.size)))        # ceil: enlarge by an integer
+        if k > 1:
+            image = image.resize((image.width * k, image.height * k), PIL.Image.LANCZOS)
+        out = draw_detections(pil_to_tensor(image), torch.from_numpy(box * k),
+                              torch.from_numpy(lab), self.names, torch.from_numpy(sc),
+                              torch.from_numpy(parent))
         return to_pil_image(out)
 
 
