@@ -152,6 +152,13 @@ def test_export_simplify_needs_onnxsim(setup, monkeypatch):
                                  str(setup["root"] / "x.onnx"), "--simplify"])
 
 
+def test_export_refuses_opset_below_the_dynamo_exporters(setup, capsys):
+    with pytest.raises(SystemExit):
+        run_tool("export_onnx", ["-c", setup["cfg"], "-o", str(setup["root"] / "y.onnx"),
+                                 "--opset", "17"])
+    assert "--legacy for opset 17" in capsys.readouterr().err
+
+
 # ---- infer -----------------------------------------------------------------------------------
 def check_predictions(results, names=("plate", "vehicle")):
     for i, r in enumerate(results):

@@ -64,6 +64,9 @@ def parse_args(argv=None):
         args.opset = 17 if args.legacy else 18
     if args.opset < 17:
         p.error("--opset must be >= 17")
+    if args.opset < 18 and not args.legacy:
+        p.error("the dynamo exporter starts at opset 18 (it cannot convert these graphs down); "
+                "use --legacy for opset 17")
     return args
 
 
