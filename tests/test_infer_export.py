@@ -20,9 +20,9 @@ pytest.importorskip("av")
 import uav_detr_icr  # noqa: E402,F401
 from rtdetrv2_icr.data.media import VideoWriter, read_video  # noqa: E402
 from rtdetrv2_icr.data.synthetic import SceneConfig, write_dataset  # noqa: E402
-from rtdetrv2_icr.engine.predict import (OnnxRunner, build_deploy_model, compare_detections,  # noqa: E402
-                                         eval_transforms, inference_config, link_parents,
-                                         preprocess)
+from rtdetrv2_icr.engine.predict import (  # noqa: E402
+    OnnxRunner, build_deploy_model, compare_detections, eval_transforms, inference_config,
+    link_parents, preprocess)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
@@ -41,6 +41,12 @@ def run_tool(name, argv):
     with contextlib.redirect_stdout(buf):
         rc = load_tool(name).main(argv)
     return rc, buf.getvalue()
+
+
+def read_folder(folder):
+    """The images of a folder in name order, as RGB PIL images."""
+    return [PIL.Image.open(os.path.join(folder, n)).convert("RGB")
+            for n in sorted(os.listdir(folder))]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +86,8 @@ def test_link_parents_containment_rule():
     labels = np.array([1, 0, 0, 1, 0, 1, 0])
     parent_of = [1, -1]                   # plate -> vehicle
     assert link_parents(boxes, labels, parent_of).tolist() == [-1, 0, -1, -1, 3, -1, 5]
-    assert link_parents(boxes, labels, parent_of, min_inside=0.95).tolist() == [-1, 0, -1, -1, -1, -1, 5]
+    strict = link_parents(boxes, labels, parent_of, min_inside=0.95)
+    assert strict.tolist() == [-1, 0, -1, -1, -1, -1, 5]
     assert link_parents(boxes, labels, [-1, -1]).tolist() == [-1] * 7
     assert link_parents(np.zeros((0, 4)), np.zeros(0), parent_of).tolist() == []
 
@@ -95,7 +102,8 @@ def test_compare_detections_tolerates_equal_score_swaps():
     moved = boxes.copy()
     moved[0, 3] += 0.5
     d = compare_detections((labels, boxes, scores), (labels, moved, scores + 1e-6))
-    assert d["max_abs_boxes"] == pytest.approx(0.5) and d["max_abs_scores"] == pytest.approx(1e-6, rel=0.1)
+    assert d["max_abs_boxes"] == pytest.approx(0.5)
+    assert d["max_abs_scores"] == pytest.approx(1e-6, rel=0.1)
     d = compare_detections((labels, boxes, scores), (1 - labels, boxes, scores))
     assert d["label_mismatch"] == 4
 
@@ -106,8 +114,9 @@ def test_records_parent_index_points_into_the_results_list():
            np.array([0.9, 0.8], np.float32), np.array([-1, 0]))
     recs = infer.records(det, 5, "a.jpg", 7, {0: 1, 1: 2}, ["plate", "vehicle"])
     assert [r["parent_idx"] for r in recs] == [-1, 5]
-    assert recs[1] == {"file_name": "a.jpg", "image_id": 7, "category_id": 1, "category_name": "plate",
-                       "bbox": [1.0, 1.0, 2.0, 1.0], "score": 0.8, "parent_idx": 5}
+    assert recs[1] == {"file_name": "a.jpg", "image_id": 7, "category_id": 1,
+                       "category_name": "plate", "bbox": [1.0, 1.0, 2.0, 1.0], "score": 0.8,
+                       "parent_idx": 5}
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -124,7 +133,7 @@ def test_export_onnx_matches_pytorch(setup):
     torch_model = build_deploy_model(cfg, setup["ckpt"])
     runner = OnnxRunner(setup["onnx"])
     folder = os.path.join(setup["data"], "val", "images")
-    images = [PIL.Image.open(os.path.join(folder, n)).convert("RGB") for n in sorted(os.listdir(folder))]
+    images = read_folder(folder)
     images[1] = images[1].resize((96, 48))
     for batch in (images[:1], images):
         tensors, sizes = preprocess(batch, eval_transforms(cfg))
@@ -162,7 +171,8 @@ def test_export_refuses_opset_below_the_dynamo_exporters(setup, capsys):
 # ---- infer -----------------------------------------------------------------------------------
 def check_predictions(results, names=("plate", "vehicle")):
     for i, r in enumerate(results):
-        assert r["category_name"] in names and r["category_id"] == names.index(r["category_name"]) + 1
+        assert r["category_name"] in names
+        assert r["category_id"] == names.index(r["category_name"]) + 1
         x, y, w, h = r["bbox"]
         assert w >= 0 and h >= 0 and 0 <= r["score"] <= 1
         p = r["parent_idx"]
@@ -193,7 +203,8 @@ def test_infer_folder_pytorch_and_onnx(setup):
     from pycocotools.coco import COCO
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(os.path.join(setup["data"], "annotations", "val.json"))
-        dt = gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in res])
+        dt = gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")}
+                         for r in res])
     assert len(dt.getAnnIds()) == len(res)
 
     rc, _ = run_tool("infer", ["-c", setup["cfg"], "--onnx", setup["onnx"], "--input", folder,
@@ -221,7 +232,7 @@ def test_infer_single_image_threshold_and_links(setup):
 
 def test_infer_video(setup):
     folder = os.path.join(setup["data"], "val", "images")
-    frames = [PIL.Image.open(os.path.join(folder, n)).convert("RGB") for n in sorted(os.listdir(folder))]
+    frames = read_folder(folder)
     clip = str(setup["root"] / "clip.mp4")
     with VideoWriter(clip, 5, frames[0].size) as w:
         for k in range(5):
@@ -250,7 +261,8 @@ def test_infer_refuses_to_overwrite_inputs(setup, tmp_path):
 def test_dataset_stats_draw_and_network_sizes(setup):
     ann = os.path.join(setup["data"], "annotations", "val.json")
     out = setup["root"] / "gt"
-    _, text = run_tool("dataset_stats", [ann, "--draw", "2", "--out", str(out), "--input-size", "128"])
+    _, text = run_tool("dataset_stats", [ann, "--draw", "2", "--out", str(out),
+                                         "--input-size", "128"])
     assert sorted(os.listdir(out)) == ["000001.jpg", "000002.jpg"]
     assert "at the network input (128x128" in text and "drew the ground truth of 2 image(s)" in text
     _, js = run_tool("dataset_stats", [ann, "--json", "--input-size", "128x32"])
@@ -258,8 +270,10 @@ def test_dataset_stats_draw_and_network_sizes(setup):
     for name in ("plate", "vehicle"):
         c, n = st["classes"][name], st["network"]["classes"][name]
         assert n["count"] == c["count"]
-        assert n["median_w"] == pytest.approx(2 * c["median_w"]) and n["min_h"] == pytest.approx(c["min_h"] / 2)
+        assert n["median_w"] == pytest.approx(2 * c["median_w"])
+        assert n["min_h"] == pytest.approx(c["min_h"] / 2)
     # with the config: its val transforms (64 px) and its datasets' image folders
-    _, text = run_tool("dataset_stats", ["-c", setup["cfg"], "--draw", "1", "--out", str(setup["root"] / "gt_cfg")])
+    _, text = run_tool("dataset_stats", ["-c", setup["cfg"], "--draw", "1",
+                                         "--out", str(setup["root"] / "gt_cfg")])
     assert "at the network input (64x64; resized by the val transforms" in text
     assert os.listdir(setup["root"] / "gt_cfg" / "test") == ["000001.jpg"]
