@@ -1,20 +1,33 @@
 """Dataset statistics in the terms of the ICR paper (§2.2, Table 1): objects per class, COCO
-size buckets, children per image, and how many children have a parent."""
+size buckets, children per image, and how many children have a parent; and object sizes in
+pixels of the network input (each image resized as in evaluation), which is what decides whether
+a plate is a small object for the detector."""
 
 from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .annotations import CocoIndex, load_coco_json
 from .errors import WeakLinkWarning
 
-__all__ = ["dataset_statistics", "format_statistics", "SMALL", "MEDIUM"]
+__all__ = [
+    "dataset_statistics",
+    "format_statistics",
+    "network_size_statistics",
+    "format_network_statistics",
+    "load_index",
+    "statistics_of_file",
+    "SMALL",
+    "MEDIUM",
+    "SHORT_SIDES",
+]
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO area thresholds
+SHORT_SIDES = (8, 16, 32)  # short-side thresholds (px) at the network input
 
 
 def dataset_statistics(index: CocoIndex) -> dict:
@@ -126,15 +139,82 @@ def format_statistics(st: dict) -> str:
             )
     else:
         lines.append("pairing: no relations configured")
+    if st.get("network"):
+        lines.append(format_network_statistics(st["network"]))
     return "\n".join(lines)
 
 
-def statistics_of_file(
+def network_size_statistics(
+    index: CocoIndex, input_size_of: Callable[[int, int], Tuple[int, int]], description: str = ""
+) -> dict:
+    """Object sizes in pixels of the network input. ``input_size_of(width, height)`` gives the
+    (width, height) an image of that size has at the network input; boxes scale with it.
+
+    Per class: median, 10th percentile and minimum of width and height, the share of objects
+    whose short side is below each of `SHORT_SIDES`, and the share below COCO's small area."""
+    names = index.class_names
+    wh = {n: [] for n in names}
+    sizes = {}
+    for rec in index.images:
+        key = (rec.width, rec.height)
+        if key not in sizes:
+            sizes[key] = input_size_of(rec.width, rec.height)
+        nw, nh = sizes[key]
+        scale = np.array([nw / rec.width, nh / rec.height])
+        for k, c in enumerate(rec.labels.tolist()):
+            wh[names[c]].append((rec.boxes[k, 2:] - rec.boxes[k, :2]) * scale)
+    classes = {}
+    for n in names:
+        a = np.array(wh[n]).reshape(-1, 2)
+        if not len(a):
+            classes[n] = {"count": 0}
+            continue
+        short = a.min(1)
+        classes[n] = {
+            "count": int(len(a)),
+            "median_w": float(np.median(a[:, 0])),
+            "median_h": float(np.median(a[:, 1])),
+            "p10_w": float(np.percentile(a[:, 0], 10)),
+            "p10_h": float(np.percentile(a[:, 1], 10)),
+            "min_w": float(a[:, 0].min()),
+            "min_h": float(a[:, 1].min()),
+            "short_side_below": {str(t): float((short < t).mean()) for t in SHORT_SIDES},
+            "small": float((a.prod(1) < SMALL).mean()),
+        }
+    input_sizes = sorted({f"{w}x{h}" for w, h in sizes.values()})
+    return {"description": description, "input_sizes": input_sizes, "classes": classes}
+
+
+def format_network_statistics(net: dict) -> str:
+    head = f"at the network input ({', '.join(net['input_sizes'])}"
+    head += f"; {net['description']})" if net.get("description") else ")"
+    lines = [
+        head + ": object sizes in input pixels",
+        f"{'class':<12}{'count':>8}{'median wxh':>14}{'p10 wxh':>13}{'min wxh':>12}"
+        + "".join(f"{'short<' + str(t):>10}" for t in SHORT_SIDES)
+        + f"{'area<32²':>10}",
+    ]
+    for n, c in net["classes"].items():
+        if not c["count"]:
+            lines.append(f"{n:<12}{0:>8}")
+            continue
+        lines.append(
+            f"{n:<12}{c['count']:>8}{c['median_w']:>8.1f}x{c['median_h']:<5.1f}"
+            f"{c['p10_w']:>7.1f}x{c['p10_h']:<5.1f}{c['min_w']:>6.1f}x{c['min_h']:<5.1f}"
+            + "".join(f"{100 * c['short_side_below'][str(t)]:>9.1f}%" for t in SHORT_SIDES)
+            + f"{100 * c['small']:>9.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def load_index(
     ann_file: str,
     class_names: Optional[Sequence[str]] = None,
     relations: Optional[Sequence[dict]] = None,
     min_containment: float = 0.5,
-) -> dict:
+) -> CocoIndex:
+    """The checked index of a COCO json; ``relations=None`` means plate -> vehicle when both
+    classes exist."""
     from .yolo import default_relations
 
     index = load_coco_json(
@@ -152,4 +232,13 @@ def statistics_of_file(
                 relations=relations,
                 pair_min_containment=min_containment,
             )
-    return dataset_statistics(index)
+    return index
+
+
+def statistics_of_file(
+    ann_file: str,
+    class_names: Optional[Sequence[str]] = None,
+    relations: Optional[Sequence[dict]] = None,
+    min_containment: float = 0.5,
+) -> dict:
+    return dataset_statistics(load_index(ann_file, class_names, relations, min_containment))

@@ -1,0 +1,407 @@
+"""Using a model: ONNX export checked against PyTorch, tools/infer.py on a folder and a video
+(PyTorch and onnxruntime), child -> parent links, and tools/dataset_stats.py --draw / sizes at
+the network input. Tiny config at 64 px, random weights, CPU."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+pytest.importorskip("av")
+
+import uav_detr_icr  # noqa: E402,F401
+from rtdetrv2_icr.data.media import VideoWriter, read_video  # noqa: E402
+from rtdetrv2_icr.data.synthetic import SceneConfig, write_dataset  # noqa: E402
+from rtdetrv2_icr.engine.predict import (  # noqa: E402
+    OnnxRunner,
+    build_deploy_model,
+    compare_detections,
+    eval_transforms,
+    inference_config,
+    link_parents,
+    preprocess,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_tool(name, argv):
+    """main(argv) of tools/<name>.py in this process -> (return value, stdout)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = load_tool(name).main(argv)
+    return rc, buf.getvalue()
+
+
+def read_folder(folder):
+    """The images of a folder in name order, as RGB PIL images."""
+    return [
+        PIL.Image.open(os.path.join(folder, n)).convert("RGB") for n in sorted(os.listdir(folder))
+    ]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Synthetic splits at 64 px, the tiny RT-DETRv2 config on them, a random-weight checkpoint
+    and its ONNX export."""
+    root = tmp_path_factory.mktemp("infer")
+    data = str(root / "data")
+    write_dataset(data, {"val": 3, "test": 2}, seed=0, cfg=SceneConfig(size=SIZE))
+    inc = [f"{REPO}/configs/demo/rtdetrv2_tiny.yml", f"{REPO}/configs/dataset/synthetic.yml"]
+    ops = (
+        f"{{type: Compose, ops: [{{type: Resize, size: [{SIZE}, {SIZE}]}}, "
+        f"{{type: ConvertPILImage, dtype: float32, scale: True}}]}}"
+    )
+    text = f"__include__: {json.dumps(inc)}\neval_spatial_size: [{SIZE}, {SIZE}]\n"
+    for split in ("val", "test"):
+        text += (
+            f"{split}_dataloader:\n  dataset:\n    img_folder: {data}/{split}/images/\n"
+            f"    ann_file: {data}/annotations/{split}.json\n    transforms: {ops}\n"
+        )
+    cfg_path = str(root / "cfg.yml")
+    with open(cfg_path, "w") as f:
+        f.write(text)
+    torch.manual_seed(0)
+    model = inference_config(cfg_path).model
+    ckpt = str(root / "ckpt.pth")
+    torch.save({"model": model.state_dict(), "last_epoch": 0}, ckpt)
+    onnx_path = str(root / "model.onnx")
+    rc, out = run_tool(
+        "export_onnx", ["-c", cfg_path, "-r", ckpt, "-o", onnx_path, "--check", "--tol", "1e-4"]
+    )
+    return {
+        "root": root,
+        "data": data,
+        "cfg": cfg_path,
+        "ckpt": ckpt,
+        "onnx": onnx_path,
+        "export_rc": rc,
+        "export_out": out,
+    }
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def test_link_parents_containment_rule():
+    # vehicles 0, 3, 5; plate 1 inside 0; plate 2 half inside 0; plate 4 exactly 90 % inside 3;
+    # plate 6 half inside 0 and wholly inside 5
+    boxes = np.array(
+        [
+            [0, 0, 100, 100],
+            [10, 10, 20, 20],
+            [95, 10, 105, 20],
+            [200, 0, 300, 100],
+            [291, 10, 301, 20],
+            [50, 40, 150, 100],
+            [90, 50, 110, 60],
+        ],
+        float,
+    )
+    labels = np.array([1, 0, 0, 1, 0, 1, 0])
+    parent_of = [1, -1]  # plate -> vehicle
+    assert link_parents(boxes, labels, parent_of).tolist() == [-1, 0, -1, -1, 3, -1, 5]
+    strict = link_parents(boxes, labels, parent_of, min_inside=0.95)
+    assert strict.tolist() == [-1, 0, -1, -1, -1, -1, 5]
+    assert link_parents(boxes, labels, [-1, -1]).tolist() == [-1] * 7
+    assert link_parents(np.zeros((0, 4)), np.zeros(0), parent_of).tolist() == []
+
+
+def test_compare_detections_tolerates_equal_score_swaps():
+    labels = np.array([[0, 1, 1, 0]])
+    boxes = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    scores = np.array([[0.9, 0.5, 0.5, 0.1]], dtype=np.float32)
+    swapped = (labels[:, [0, 2, 1, 3]], boxes[:, [0, 2, 1, 3]], scores[:, [0, 2, 1, 3]])
+    d = compare_detections((labels, boxes, scores), swapped)
+    assert d["max_abs_boxes"] == 0 and d["max_abs_scores"] == 0 and d["reordered"] == 2
+    moved = boxes.copy()
+    moved[0, 3] += 0.5
+    d = compare_detections((labels, boxes, scores), (labels, moved, scores + 1e-6))
+    assert d["max_abs_boxes"] == pytest.approx(0.5)
+    assert d["max_abs_scores"] == pytest.approx(1e-6, rel=0.1)
+    d = compare_detections((labels, boxes, scores), (1 - labels, boxes, scores))
+    assert d["label_mismatch"] == 4
+
+
+def test_records_parent_index_points_into_the_results_list():
+    infer = load_tool("infer")
+    det = (
+        np.array([1, 0]),
+        np.array([[0, 0, 10, 10], [1, 1, 3, 2]], np.float32),
+        np.array([0.9, 0.8], np.float32),
+        np.array([-1, 0]),
+    )
+    recs = infer.records(det, 5, "a.jpg", 7, {0: 1, 1: 2}, ["plate", "vehicle"])
+    assert [r["parent_idx"] for r in recs] == [-1, 5]
+    assert recs[1] == {
+        "file_name": "a.jpg",
+        "image_id": 7,
+        "category_id": 1,
+        "category_name": "plate",
+        "bbox": [1.0, 1.0, 2.0, 1.0],
+        "score": 0.8,
+        "parent_idx": 5,
+    }
+
+
+# ---- export ----------------------------------------------------------------------------------
+def test_export_onnx_matches_pytorch(setup):
+    import onnx
+
+    assert setup["export_rc"] == 0, setup["export_out"]
+    assert "check passed" in setup["export_out"]
+    model = onnx.load(setup["onnx"])
+    assert [i.name for i in model.graph.input] == ["images", "orig_target_sizes"]
+    assert [o.name for o in model.graph.output] == ["labels", "boxes", "scores"]
+    assert min(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    # dynamic batch: batches of 1 and 3 real images of different sizes agree with PyTorch
+    cfg = inference_config(setup["cfg"])
+    torch_model = build_deploy_model(cfg, setup["ckpt"])
+    runner = OnnxRunner(setup["onnx"])
+    folder = os.path.join(setup["data"], "val", "images")
+    images = read_folder(folder)
+    images[1] = images[1].resize((96, 48))
+    for batch in (images[:1], images):
+        tensors, sizes = preprocess(batch, eval_transforms(cfg))
+        x = torch.stack(tensors)
+        with torch.no_grad():
+            ref = [t.numpy() for t in torch_model(x, sizes)]
+        got = runner(x, sizes)
+        assert got[0].shape == ref[0].shape == (len(batch), 30)
+        d = compare_detections(ref, got)
+        assert d["unpaired"] == 0 and d["label_mismatch"] == 0
+        assert d["max_abs_boxes"] <= 1e-4 and d["max_abs_scores"] <= 1e-4, d
+
+
+def test_export_simplify_needs_onnxsim(setup, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxsim(name, *a, **k):
+        if name == "onnxsim":
+            raise ImportError("no onnxsim")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxsim)
+    with pytest.raises(SystemExit, match="onnxsim"):
+        run_tool(
+            "export_onnx",
+            [
+                "-c",
+                setup["cfg"],
+                "-r",
+                setup["ckpt"],
+                "-o",
+                str(setup["root"] / "x.onnx"),
+                "--simplify",
+            ],
+        )
+
+
+def test_export_refuses_opset_below_the_dynamo_exporters(setup, capsys):
+    with pytest.raises(SystemExit):
+        run_tool(
+            "export_onnx",
+            ["-c", setup["cfg"], "-o", str(setup["root"] / "y.onnx"), "--opset", "17"],
+        )
+    assert "--legacy for opset 17" in capsys.readouterr().err
+
+
+# ---- infer -----------------------------------------------------------------------------------
+def check_predictions(results, names=("plate", "vehicle")):
+    for i, r in enumerate(results):
+        assert r["category_name"] in names
+        assert r["category_id"] == names.index(r["category_name"]) + 1
+        x, y, w, h = r["bbox"]
+        assert w >= 0 and h >= 0 and 0 <= r["score"] <= 1
+        p = r["parent_idx"]
+        assert p == -1 or (0 <= p < len(results) and p != i)
+        if p >= 0:
+            parent = results[p]
+            assert r["category_name"] == "plate" and parent["category_name"] == "vehicle"
+            assert parent["file_name"] == r["file_name"] and parent.get("frame") == r.get("frame")
+
+
+def test_infer_folder_pytorch_and_onnx(setup):
+    folder = os.path.join(setup["data"], "val", "images")
+    out_pt, out_ox = setup["root"] / "pred_pt", setup["root"] / "pred_onnx"
+    rc, text = run_tool(
+        "infer",
+        [
+            "-c",
+            setup["cfg"],
+            "-r",
+            setup["ckpt"],
+            "--input",
+            folder,
+            "--out",
+            str(out_pt),
+            "--score",
+            "0",
+            "--batch",
+            "2",
+        ],
+    )
+    assert rc == 0 and "3 images" in text
+    names = sorted(os.listdir(folder))
+    assert sorted(os.listdir(out_pt)) == sorted(names + ["predictions.json"])
+    for n in names:
+        assert PIL.Image.open(out_pt / n).size == PIL.Image.open(os.path.join(folder, n)).size
+    res = json.load(open(out_pt / "predictions.json"))
+    assert len(res) == 3 * 30  # score 0 keeps every top-k detection
+    check_predictions(res)
+    val = json.load(open(os.path.join(setup["data"], "annotations", "val.json")))
+    ids = {im["file_name"]: im["id"] for im in val["images"]}
+    assert all(r["image_id"] == ids[r["file_name"]] for r in res)
+    # the results load in pycocotools against the val json
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(os.path.join(setup["data"], "annotations", "val.json"))
+        dt = gt.loadRes(
+            [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in res]
+        )
+    assert len(dt.getAnnIds()) == len(res)
+
+    rc, _ = run_tool(
+        "infer",
+        [
+            "-c",
+            setup["cfg"],
+            "--onnx",
+            setup["onnx"],
+            "--input",
+            folder,
+            "--out",
+            str(out_ox),
+            "--score",
+            "0",
+        ],
+    )
+    assert rc == 0
+    res_ox = json.load(open(out_ox / "predictions.json"))
+    assert len(res_ox) == len(res)
+    key = lambda r: (r["file_name"], r["score"], r["category_id"])  # noqa: E731
+    for a, b in zip(sorted(res, key=key), sorted(res_ox, key=key)):
+        assert a["file_name"] == b["file_name"] and a["category_id"] == b["category_id"]
+        assert abs(a["score"] - b["score"]) <= 2e-5
+
+
+def test_infer_single_image_threshold_and_links(setup):
+    image = os.path.join(setup["data"], "test", "images", "000001.jpg")
+    out = setup["root"] / "pred_one"
+    rc, text = run_tool(
+        "infer",
+        [
+            "-c",
+            setup["cfg"],
+            "-r",
+            setup["ckpt"],
+            "--input",
+            image,
+            "--out",
+            str(out),
+            "--score",
+            "0.0099",
+            "--draw-min-side",
+            "100",
+        ],
+    )
+    assert rc == 0
+    res = json.load(open(out / "predictions.json"))
+    assert all(r["score"] >= 0.0099 for r in res)
+    check_predictions(res)
+    assert PIL.Image.open(out / "000001.jpg").size == (2 * SIZE, 2 * SIZE)  # drawn enlarged
+
+
+def test_infer_video(setup):
+    folder = os.path.join(setup["data"], "val", "images")
+    frames = read_folder(folder)
+    clip = str(setup["root"] / "clip.mp4")
+    with VideoWriter(clip, 5, frames[0].size) as w:
+        for k in range(5):
+            w.write(frames[k % 3])
+    out = setup["root"] / "pred_video"
+    rc, text = run_tool(
+        "infer",
+        [
+            "-c",
+            setup["cfg"],
+            "-r",
+            setup["ckpt"],
+            "--input",
+            clip,
+            "--out",
+            str(out),
+            "--score",
+            "0",
+            "--batch",
+            "2",
+        ],
+    )
+    assert rc == 0 and "5 frames" in text
+    video = read_video(str(out / "clip.mp4"))
+    decoded = list(video.frames)
+    assert len(decoded) == 5 and decoded[0].size == (SIZE, SIZE) and video.fps == 5
+    res = json.load(open(out / "predictions.json"))
+    assert sorted({r["frame"] for r in res}) == [0, 1, 2, 3, 4]
+    assert all(r["file_name"] == "clip.mp4" and "image_id" not in r for r in res)
+    check_predictions(res)
+
+
+def test_infer_refuses_to_overwrite_inputs(setup, tmp_path):
+    PIL.Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "a.jpg")
+    with pytest.raises(SystemExit, match="overwrite"):
+        run_tool(
+            "infer",
+            [
+                "-c",
+                setup["cfg"],
+                "-r",
+                setup["ckpt"],
+                "--input",
+                str(tmp_path),
+                "--out",
+                str(tmp_path),
+            ],
+        )
+
+
+# ---- dataset statistics ------------------------------------------------------------------------
+def test_dataset_stats_draw_and_network_sizes(setup):
+    ann = os.path.join(setup["data"], "annotations", "val.json")
+    out = setup["root"] / "gt"
+    _, text = run_tool(
+        "dataset_stats", [ann, "--draw", "2", "--out", str(out), "--input-size", "128"]
+    )
+    assert sorted(os.listdir(out)) == ["000001.jpg", "000002.jpg"]
+    assert "at the network input (128x128" in text and "drew the ground truth of 2 image(s)" in text
+    _, js = run_tool("dataset_stats", [ann, "--json", "--input-size", "128x32"])
+    st = json.loads(js)
+    for name in ("plate", "vehicle"):
+        c, n = st["classes"][name], st["network"]["classes"][name]
+        assert n["count"] == c["count"]
+        assert n["median_w"] == pytest.approx(2 * c["median_w"])
+        assert n["min_h"] == pytest.approx(c["min_h"] / 2)
+    # with the config: its val transforms (64 px) and its datasets' image folders
+    _, text = run_tool(
+        "dataset_stats", ["-c", setup["cfg"], "--draw", "1", "--out", str(setup["root"] / "gt_cfg")]
+    )
+    assert "at the network input (64x64; resized by the val transforms" in text
+    assert os.listdir(setup["root"] / "gt_cfg" / "test") == ["000001.jpg"]
