@@ -20,6 +20,7 @@ pytest.importorskip("av")
 
 import uav_detr_icr  # noqa: E402,F401
 from rtdetrv2_icr.data.media import VideoWriter, read_video  # noqa: E402
+from rtdetrv2_icr.data.pairing import link_detections
 from rtdetrv2_icr.data.synthetic import SceneConfig, write_dataset  # noqa: E402
 from rtdetrv2_icr.engine.predict import (  # noqa: E402
     OnnxRunner,
@@ -27,7 +28,6 @@ from rtdetrv2_icr.engine.predict import (  # noqa: E402
     compare_detections,
     eval_transforms,
     inference_config,
-    link_parents,
     preprocess,
 )
 
@@ -98,7 +98,7 @@ def setup(tmp_path_factory):
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def test_link_parents_containment_rule():
+def test_link_detections_containment_rule():
     # vehicles 0, 3, 5; plate 1 inside 0; plate 2 half inside 0; plate 4 exactly 90 % inside 3;
     # plate 6 half inside 0 and wholly inside 5
     boxes = np.array(
@@ -115,11 +115,11 @@ def test_link_parents_containment_rule():
     )
     labels = np.array([1, 0, 0, 1, 0, 1, 0])
     parent_of = [1, -1]  # plate -> vehicle
-    assert link_parents(boxes, labels, parent_of).tolist() == [-1, 0, -1, -1, 3, -1, 5]
-    strict = link_parents(boxes, labels, parent_of, min_inside=0.95)
+    assert link_detections(boxes, labels, parent_of).tolist() == [-1, 0, -1, -1, 3, -1, 5]
+    strict = link_detections(boxes, labels, parent_of, min_inside=0.95)
     assert strict.tolist() == [-1, 0, -1, -1, -1, -1, 5]
-    assert link_parents(boxes, labels, [-1, -1]).tolist() == [-1] * 7
-    assert link_parents(np.zeros((0, 4)), np.zeros(0), parent_of).tolist() == []
+    assert link_detections(boxes, labels, [-1, -1]).tolist() == [-1] * 7
+    assert link_detections(np.zeros((0, 4)), np.zeros(0), parent_of).tolist() == []
 
 
 def test_compare_detections_tolerates_equal_score_swaps():

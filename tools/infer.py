@@ -34,6 +34,7 @@ import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr
 from rtdetrv2_icr.core import parse_cli  # noqa: E402
 from rtdetrv2_icr.data.coco import read_image  # noqa: E402
 from rtdetrv2_icr.data.media import VideoWriter, input_kind, list_images, read_video  # noqa: E402
+from rtdetrv2_icr.data.pairing import link_detections  # noqa: E402
 from rtdetrv2_icr.engine.dist import pick_device  # noqa: E402
 from rtdetrv2_icr.engine.predict import (
     OnnxRunner,
@@ -42,7 +43,6 @@ from rtdetrv2_icr.engine.predict import (
     dataset_categories,
     eval_transforms,
     inference_config,
-    link_parents,
     preprocess,
 )
 from rtdetrv2_icr.engine.visualize import draw_detections  # noqa: E402
@@ -168,7 +168,7 @@ class Predictor:
             for k, i in enumerate(g):
                 keep = scores[k] >= self.thr
                 lab, box, sc = labels[k][keep], boxes[k][keep], scores[k][keep]
-                per_image[i] = (lab, box, sc, link_parents(box, lab, self.parent_of))
+                per_image[i] = (lab, box, sc, link_detections(box, lab, self.parent_of))
         return per_image
 
     def draw(self, image, det):

@@ -18,6 +18,7 @@ from ..core.relations import parent_of_list, resolve_relations
 from ..ops.boxes import containment
 
 __all__ = [
+    "link_detections",
     "containment",
     "parents_by_label",
     "assign_parents",
@@ -90,6 +91,30 @@ def assign_parents(
                 parent[i] = cands[int(np.argmax(np.where(ok[r], cont[r], -1.0)))]
                 shared[i] = True
     return parent, shared
+
+
+def link_detections(
+    boxes: np.ndarray, labels: np.ndarray, parent_of: Sequence[int], min_inside: float = 0.9
+) -> np.ndarray:
+    """For the detections of one image (boxes [N, 4] xyxy, labels [N]): the index of the
+    detection of the parent class that contains each child most, if at least ``min_inside`` of
+    the child's area lies inside it; -1 otherwise and for classes without a parent. -> [N]
+    int64. Inference draws these links; the relational consistency counts them."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    out = np.full(labels.shape[0], -1, dtype=np.int64)
+    boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    for child_cls, parent_cls in enumerate(parent_of):
+        if parent_cls < 0:
+            continue
+        ch = np.nonzero(labels == child_cls)[0]
+        pa = np.nonzero(labels == parent_cls)[0]
+        if ch.size == 0 or pa.size == 0:
+            continue
+        inside = containment(boxes_t[ch][:, None], boxes_t[pa][None]).numpy()  # [C, P]
+        best = inside.argmax(1)
+        ok = inside[np.arange(ch.size), best] >= min_inside
+        out[ch[ok]] = pa[best[ok]]
+    return out
 
 
 def remap_parent_idx(orig_parent: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

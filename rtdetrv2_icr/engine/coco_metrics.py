@@ -18,9 +18,8 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from ..ops.boxes import containment
+from ..data.pairing import link_detections
 
 __all__ = [
     "COCO_STAT_NAMES",
@@ -177,17 +176,15 @@ def relational_consistency(
     tot_children = tot_ok = 0
     for rel in relations:
         n_children = n_ok = 0
+        parent_of = [-1] * (max(rel["child_label"], rel["parent_label"]) + 1)
+        parent_of[rel["child_label"]] = rel["parent_label"]
         for d in dets_by_image.values():
             keep = d["scores"] >= score_thr
-            children = d["boxes"][keep & (d["labels"] == rel["child_label"])]
-            parents = d["boxes"][keep & (d["labels"] == rel["parent_label"])]
-            n_children += len(children)
-            if len(parents) and len(children):
-                inside = containment(
-                    torch.as_tensor(children, dtype=torch.float64)[:, None],
-                    torch.as_tensor(parents, dtype=torch.float64)[None],
-                )  # [C, P]
-                n_ok += int((inside >= containment_thr).any(1).sum())
+            labels = d["labels"][keep]
+            links = link_detections(d["boxes"][keep], labels, parent_of, containment_thr)
+            children = labels == rel["child_label"]
+            n_children += int(children.sum())
+            n_ok += int((links[children] >= 0).sum())
         out["relations"][f"{rel['child']}->{rel['parent']}"] = {
             "children": n_children,
             "consistent": n_ok,

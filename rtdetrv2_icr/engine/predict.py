@@ -8,7 +8,7 @@
   ``(images [B, 3, H, W], orig_target_sizes [B, 2] (w, h)) -> labels [B, k], boxes [B, k, 4]
   xyxy pixels of the original image, scores [B, k]``; the ONNX export is this module.
 * `OnnxRunner` runs an exported model through onnxruntime with the same call.
-* `link_parents` links each child detection to the parent detection that contains it.
+* parent links of child detections come from `data.pairing.link_detections`.
 * `compare_detections` compares two sets of top-k detections, tolerant to equal-score swaps.
 """
 
@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ..core import YAMLConfig
 from ..core.registry import ConfigError, create
-from ..data.pairing import containment, resolve_relations
+from ..data.pairing import parents_by_label
 from .checkpoint import extract_model_state, load_checkpoint
 
 __all__ = [
@@ -39,25 +39,18 @@ __all__ = [
     "DeployModel",
     "build_deploy_model",
     "OnnxRunner",
-    "link_parents",
     "class_info",
     "dataset_categories",
     "compare_detections",
 ]
 
-CHILD_INSIDE = 0.9  # a child lies >= 90 % inside its parent (as the relational consistency)
-
 
 # ---- config --------------------------------------------------------------------------------
 def inference_config(cfg_path: str, overrides: Optional[dict] = None) -> YAMLConfig:
-    """The config with ``overrides``; a `PResNet` section gets ``pretrained: False`` (weights
-    come from the checkpoint, nothing is downloaded)."""
-    overrides = copy.deepcopy(overrides or {})
-    cfg = YAMLConfig(cfg_path, **overrides)
-    if isinstance(cfg.yaml_cfg.get("PResNet"), dict):
-        backbone = overrides.get("PResNet") if isinstance(overrides.get("PResNet"), dict) else {}
-        overrides["PResNet"] = {**backbone, "pretrained": False}
-        cfg = YAMLConfig(cfg_path, **overrides)
+    """The config with ``overrides``, without pretrained downloads (the weights come from a
+    checkpoint)."""
+    cfg = YAMLConfig(cfg_path, **copy.deepcopy(overrides or {}))
+    cfg.disable_pretrained()
     return cfg
 
 
@@ -117,7 +110,7 @@ def class_info(cfg: YAMLConfig) -> Tuple[List[str], List[int]]:
     """(class names, parent label of each label or -1) from ``class_names`` and ``relations``."""
     k = int(cfg.get("num_classes") or 0)
     names = [str(n) for n in (cfg.get("class_names") or [])] or [str(i) for i in range(k)]
-    parent_of = resolve_relations(cfg.get("relations") or [], names, where=str(cfg.cfg_path))
+    parent_of = parents_by_label(cfg.get("relations") or [], names, where=str(cfg.cfg_path))
     return names, parent_of
 
 
@@ -221,32 +214,6 @@ class OnnxRunner:
 
 
 # ---- detections ----------------------------------------------------------------------------
-def link_parents(
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    parent_of: Sequence[int],
-    min_inside: float = CHILD_INSIDE,
-) -> np.ndarray:
-    """For detections of one image (boxes [N, 4] xyxy, labels [N]): the index of the detection of
-    the parent class that contains each child most, if at least ``min_inside`` of the child's
-    area lies inside it; -1 otherwise and for classes without a parent. -> int64 [N]."""
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    out = np.full(labels.shape[0], -1, dtype=np.int64)
-    boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
-    for child_cls, parent_cls in enumerate(parent_of):
-        if parent_cls < 0:
-            continue
-        ch = np.nonzero(labels == child_cls)[0]
-        pa = np.nonzero(labels == parent_cls)[0]
-        if ch.size == 0 or pa.size == 0:
-            continue
-        inside = containment(boxes_t[ch], boxes_t[pa]).numpy()  # [C, P]
-        best = inside.argmax(1)
-        ok = inside[np.arange(ch.size), best] >= min_inside
-        out[ch[ok]] = pa[best[ok]]
-    return out
-
-
 def compare_detections(
     ref: Sequence[np.ndarray], got: Sequence[np.ndarray], tie: float = 1e-4
 ) -> Dict[str, float]:
