@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         overrides["use_amp"] = True
     device = dist.init_distributed(overrides.get("device"))
     overrides["device"] = str(device)
-    try:
+    with dist.run_guard():
         cfg = YAMLConfig(args.config, **overrides)
         log = get_logger()
         seed = cfg.get("seed")
@@ -88,8 +88,6 @@ def main(argv=None) -> int:
                 log.info(f"metrics written to {out}/metrics.json and metrics.md")
         else:
             trainer.fit()
-    finally:
-        dist.cleanup()
     return 0
 
 
