@@ -13,8 +13,8 @@ import torch
 from test_engine_train import REPO, make_data, write_config
 
 
-def torchrun(*args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+def torchrun(*args, timeout=300, env=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env or {}))
     cmd = [
         sys.executable,
         "-m",

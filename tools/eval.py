@@ -18,8 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr comes with it)
 from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
-from rtdetrv2_icr.engine import Trainer, dist  # noqa: E402
-from rtdetrv2_icr.engine.checkpoint import extract_model_state, load_checkpoint  # noqa: E402
+from rtdetrv2_icr.engine import Trainer, checkpoint, dist  # noqa: E402
 from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
 from rtdetrv2_icr.engine.validate import check_checkpoint  # noqa: E402
 
@@ -61,14 +60,14 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{args.split}"
     )
-    try:
+    with dist.run_guard():
         cfg = YAMLConfig(args.config, **overrides)
         log = get_logger()
         trainer = Trainer(cfg, splits=(args.split,))
         trainer._setup_model()
-        ckpt = load_checkpoint(args.checkpoint)
-        state = extract_model_state(ckpt, prefer_ema=args.weights == "ema")
-        dist.unwrap_model(trainer.model).load_state_dict(state)
+        ckpt = checkpoint.load_checkpoint(args.checkpoint)
+        state = checkpoint.extract_model_state(ckpt, prefer_ema=args.weights == "ema")
+        checkpoint.load_model_state(dist.unwrap_model(trainer.model), state, args.checkpoint)
         trainer.last_epoch = (
             int(ckpt.get("last_epoch", 0)) if isinstance(ckpt.get("last_epoch"), int) else 0
         )
@@ -81,8 +80,6 @@ def main(argv=None) -> int:
             log.info(
                 f"written {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'metrics.md')}"
             )
-    finally:
-        dist.cleanup()
     return 0
 
 

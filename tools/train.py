@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         overrides["use_amp"] = bool(args.use_amp)
     device = dist.init_distributed(overrides.get("device"))
     overrides["device"] = str(device)
-    try:
+    with dist.run_guard():
         cfg = YAMLConfig(args.config, **overrides)
         log = get_logger()
         seed = cfg.get("seed")
@@ -103,8 +103,6 @@ def main(argv=None) -> int:
                 log.info(f"metrics written to {out}/metrics.json and metrics.md")
         else:
             Trainer(cfg).fit()
-    finally:
-        dist.cleanup()
     return 0
 
 

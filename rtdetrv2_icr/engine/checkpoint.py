@@ -6,6 +6,9 @@
 * `to_plain` checks (and converts where harmless) everything that goes in, so that
   `torch.load(path, weights_only=True)` opens every checkpoint we write.
 * RNG states of python, numpy, torch and CUDA are captured as plain values/tensors.
+* `load_model_state` loads weights strictly (resume, evaluation) and, when the checkpoint was
+  written for another model, raises `CheckpointMismatchError` naming the file and the first
+  tensors that differ; fine-tuning (`load_matching_weights`) skips them instead.
 """
 
 from __future__ import annotations
@@ -24,11 +27,18 @@ __all__ = [
     "save_atomic",
     "duplicate_atomic",
     "load_checkpoint",
+    "load_training_checkpoint",
     "to_plain",
     "rng_state",
     "set_rng_state",
     "match_state_dict",
+    "describe_skipped",
     "extract_model_state",
+    "CheckpointMismatchError",
+    "check_model_state",
+    "load_model_state",
+    "load_eval_weights",
+    "load_matching_weights",
 ]
 
 _SCALARS = (bool, int, float, str, type(None), bytes)
@@ -80,6 +90,22 @@ def save_atomic(obj: Dict[str, Any], path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_dir(d)
+
+
+def _fsync_dir(d: str) -> None:
+    """Make a rename in ``d`` durable (a power loss right after it keeps the new file); a no-op
+    where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def duplicate_atomic(src: str, dst: str) -> None:
@@ -101,6 +127,7 @@ def duplicate_atomic(src: str, dst: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_dir(d)
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -123,6 +150,19 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
             f"cannot load checkpoint {path} with weights_only=True "
             f"(it must hold only tensors and plain values): {e}"
         ) from e
+
+
+def load_training_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """`load_checkpoint` of a checkpoint to resume from: it must hold the trainer's state."""
+    ckpt = load_checkpoint(path, map_location)
+    absent = [k for k in ("model", "optimizer") if not isinstance(ckpt.get(k), dict)]
+    if absent:
+        raise CheckpointMismatchError(
+            f"{path} is not a training checkpoint (no {' or '.join(map(repr, absent))} state; "
+            "released weights hold only the model): resume from a run's last.pth or "
+            "checkpointNNNN.pth, or fine-tune from these weights with -t/--tuning"
+        )
+    return ckpt
 
 
 # ---- RNG ----------------------------------------------------------------------------------
@@ -201,21 +241,62 @@ def match_state_dict(
 
 
 def describe_skipped(info: Dict[str, list], limit: Optional[int] = None) -> str:
+    """One line per kind with its count, then its entries (the first ``limit`` of them)."""
     lines = []
     for kind in ("mismatched", "missing", "unexpected"):
         items = info.get(kind, [])
         lines.append(f"  {kind}: {len(items)}")
-        for it in items[:limit] if limit else items:
-            lines.append(f"    {it}")
+        shown = items[:limit] if limit else items
+        lines += [f"    {it}" for it in shown]
+        if len(shown) < len(items):
+            lines.append(f"    ... and {len(items) - len(shown)} more")
     return "\n".join(lines)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's weights do not fit the model the config builds (names or shapes)."""
+
+
+def check_model_state(
+    module: torch.nn.Module,
+    state: Dict[str, torch.Tensor],
+    path: str,
+    what: str = "model weights",
+    limit: int = 10,
+) -> None:
+    """Raise `CheckpointMismatchError` unless ``state`` has exactly ``module``'s tensor names and
+    shapes. The message names ``path`` and lists the first ``limit`` shape mismatches
+    (``name: checkpoint (..) vs model (..)``), missing names (in the model only) and unexpected
+    names (in the checkpoint only), each with its count."""
+    own = module.state_dict()
+    _, info = match_state_dict(own, state)
+    if not any(info.values()):
+        return
+    raise CheckpointMismatchError(
+        f"{path}: its {what} do not fit the model this config builds (was it written for "
+        f"another model config?); checkpoint {len(state)} tensors, model {len(own)}:\n"
+        + describe_skipped(info, limit)
+        + "\nResuming and evaluating need the config the checkpoint was trained with; to start "
+        "from its matching tensors only, fine-tune with -t/--tuning."
+    )
+
+
+def load_model_state(
+    module: torch.nn.Module, state: Dict[str, torch.Tensor], path: str, what: str = "model weights"
+) -> None:
+    """``module.load_state_dict(state)`` (strict) after `check_model_state`."""
+    check_model_state(module, state, path, what)
+    module.load_state_dict(state)
 
 
 def load_eval_weights(path: str, model, ema=None) -> None:
     """Model (and EMA) weights of a checkpoint, strictly: for evaluating a trained model."""
     ckpt = load_checkpoint(path)
-    model.load_state_dict(extract_model_state(ckpt, prefer_ema=False))
+    load_model_state(model, extract_model_state(ckpt, prefer_ema=False), path)
     if ema is not None:
-        ema.module.load_state_dict(extract_model_state(ckpt, prefer_ema=True))
+        load_model_state(
+            ema.module, extract_model_state(ckpt, prefer_ema=True), path, "EMA weights"
+        )
 
 
 def load_matching_weights(path: str, model) -> str:

@@ -3,14 +3,22 @@
 `torchrun` exports RANK, LOCAL_RANK and WORLD_SIZE; when they are present we join the process
 group (`nccl` for CUDA devices, `gloo` for CPU). Everything else here degrades to a no-op in a
 single process, so callers never branch on "am I distributed".
+
+A tool wraps its run in `run_guard()`: a rank that fails ends its process at once with a non-zero
+code instead of waiting for ranks blocked in a collective it will never join; torchrun then stops
+the other workers (see `run_guard`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import sys
+import traceback
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -20,6 +28,7 @@ import torch.nn as nn
 __all__ = [
     "init_distributed",
     "cleanup",
+    "run_guard",
     "is_dist",
     "get_rank",
     "get_world_size",
@@ -91,11 +100,51 @@ def init_distributed(device: Optional[str] = None, timeout_min: float = 30.0) ->
 
 
 def cleanup() -> None:
+    """Leave the process group after a barrier (the end of a run that succeeded on every rank)."""
     if is_dist():
         try:
             barrier()
         finally:
             tdist.destroy_process_group()
+
+
+def _exit_code(e: BaseException) -> int:
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 130 if isinstance(e, KeyboardInterrupt) else 1
+
+
+@contextmanager
+def run_guard() -> Iterator[None]:
+    """The body of a tool's run: `cleanup()` when it ends normally.
+
+    When it raises in a run of several processes, the other ranks may be waiting in a collective
+    (an all-reduce of the losses, DDP's gradient buckets, the evaluator's gather) that this rank
+    will never join: a barrier, `destroy_process_group` or even the interpreter's shutdown could
+    then wait with them until the process-group timeout (30 min). So this rank prints the
+    traceback (naming its rank), flushes the logs and ends at once with `os._exit` (exit code 1;
+    130 for Ctrl-C). torchrun's agent then stops the other workers and exits non-zero itself;
+    under another launcher the peers see the closed connection (gloo) or their timeout (nccl).
+    In a single process the exception propagates unchanged.
+    """
+    try:
+        yield
+    except BaseException as e:
+        code = _exit_code(e)
+        if code != 0 and is_dist() and get_world_size() > 1:
+            sys.stdout.flush()
+            print(
+                f"[rank {get_rank()}/{get_world_size()}] failed; ending this process without "
+                "waiting for the other ranks:",
+                file=sys.stderr,
+            )
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(code)
+        cleanup()  # nothing to wait for: a single process, or every rank ended cleanly
+        raise
+    cleanup()
 
 
 def barrier() -> None:

@@ -132,8 +132,8 @@ class Trainer:
                 checkpoint.duplicate_atomic(first, os.path.join(self.output_dir, n))
 
     def load_resume(self, path: str) -> None:
-        ckpt = checkpoint.load_checkpoint(path)
-        dist.unwrap_model(self.model).load_state_dict(ckpt["model"])
+        ckpt = checkpoint.load_training_checkpoint(path)
+        checkpoint.load_model_state(dist.unwrap_model(self.model), ckpt["model"], path)
         self.updater.load_state_dict(ckpt, self.log, path)
         self.last_epoch = int(ckpt.get("last_epoch", -1))
         self.global_step = int(ckpt.get("global_step", 0))

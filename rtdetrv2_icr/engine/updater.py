@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .checkpoint import CheckpointMismatchError, check_model_state, load_model_state
 from .optim import load_scheduler_state, plain_scheduler_state
 
 __all__ = ["Updater"]
@@ -75,14 +76,21 @@ class Updater:
     def load_state_dict(self, ckpt: Dict[str, Any], log=None, path: Optional[str] = None) -> None:
         """Restore from a trainer checkpoint (each part that both sides have). A checkpoint
         without EMA state restarts the EMA from its model weights."""
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # parameter groups of another optimiser config or model
+            raise CheckpointMismatchError(
+                f"{path}: its optimizer state does not fit this config's optimizer ({e}); "
+                "resume with the config the checkpoint was trained with"
+            ) from e
         if self.ema is not None:
             if "ema" in ckpt:
+                check_model_state(self.ema.module, ckpt["ema"]["module"], path, "EMA weights")
                 self.ema.load_state_dict(ckpt["ema"])
             else:
                 if log is not None:
                     log.warning(f"{path} has no EMA state; EMA restarts from the model weights")
-                self.ema.module.load_state_dict(ckpt["model"])
+                load_model_state(self.ema.module, ckpt["model"], path)
         if self.lr_scheduler is not None and "lr_scheduler" in ckpt:
             load_scheduler_state(self.lr_scheduler, ckpt["lr_scheduler"])
         for part, key in ((self.lr_warmup, "lr_warmup_scheduler"), (self.scaler, "scaler")):
