@@ -21,6 +21,8 @@ import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr
 from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
 from rtdetrv2_icr.engine import Trainer, dist  # noqa: E402
 from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
+from rtdetrv2_icr.engine.reproducibility import seed_run  # noqa: E402
+from rtdetrv2_icr.engine.runtime import RuntimeSettings  # noqa: E402
 from rtdetrv2_icr.engine.validate import check_checkpoint  # noqa: E402
 
 
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-d", "--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)"
     )
     p.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="repeatable run: deterministic algorithms, seeded loaders, fixed threads",
+    )
     amp = p.add_mutually_exclusive_group()
     amp.add_argument(
         "--use-amp",
@@ -79,6 +86,8 @@ def main(argv=None) -> int:
     check_checkpoint(args.tuning, "checkpoint to fine-tune from")
     overrides = parse_cli(args.update)
     # named options win over -u, and only when given
+    if args.deterministic:
+        overrides["deterministic"] = True
     for key in ("resume", "tuning", "device", "seed", "output_dir", "summary_dir"):
         v = getattr(args, key)
         if v is not None:
@@ -90,9 +99,8 @@ def main(argv=None) -> int:
     with dist.run_guard():
         cfg = YAMLConfig(args.config, **overrides)
         log = get_logger()
-        seed = cfg.get("seed")
-        if seed is not None:
-            dist.seed_everything(int(seed))
+        rt = RuntimeSettings.from_config(cfg.yaml_cfg)
+        seed_run(rt.seed, rt.deterministic, rt.num_threads, device)
         log.info(f"config {args.config}; overrides {overrides}")
         if args.test_only:
             trainer = Trainer(cfg, splits=(args.split,))

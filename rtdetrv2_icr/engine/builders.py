@@ -16,6 +16,7 @@ from ..core.registry import ConfigError, create
 from ..data.collate import batch_image_collate_fn
 from . import dist
 from .optim import build_param_groups
+from .reproducibility import loader_seeding
 
 __all__ = [
     "build_optimizer",
@@ -140,16 +141,20 @@ def build_dataloader(cfg, name: str, shuffle: Optional[bool] = None) -> tud.Data
         if collate is None
         else cfg.create_spec(collate, f"{name}.collate_fn")
     )
+    seed = int(cfg.get("seed") or 0)
     sampler = tud.DistributedSampler(
-        dataset,
-        num_replicas=world,
-        rank=dist.get_rank(),
-        shuffle=do_shuffle,
-        seed=int(cfg.get("seed") or 0),
+        dataset, num_replicas=world, rank=dist.get_rank(), shuffle=do_shuffle, seed=seed
     )
+    generator, worker_init = loader_seeding(seed)
     try:
         loader = tud.DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **spec
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            generator=generator,
+            worker_init_fn=worker_init,
+            **spec,
         )
     except TypeError as e:
         raise ConfigError(f"{name}: {e}") from e

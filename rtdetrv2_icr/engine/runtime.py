@@ -23,6 +23,8 @@ They are top-level config keys (``configs/runtime.yml`` holds the component sect
     vis_images, vis_score_thr   val images drawn (GT beside predictions) at each evaluation
     eval_tensorboard        tools/eval.py: also write TensorBoard summaries
     seed, device            random seed (each rank adds its rank); cpu | cuda | cuda:N
+    deterministic           deterministic algorithms and seeded loaders: repeatable runs
+    num_threads             torch CPU threads (default: torch's choice)
     resume, tuning          checkpoint to resume from / to fine-tune from (tools/train.py -r / -t)
 """
 
@@ -60,6 +62,8 @@ class RuntimeSettings:
     vis_score_thr: float = 0.5
     eval_tensorboard: bool = False
     seed: Optional[int] = 0
+    deterministic: bool = False
+    num_threads: Optional[int] = None
     device: Optional[str] = None
     resume: Optional[str] = None
     tuning: Optional[str] = None

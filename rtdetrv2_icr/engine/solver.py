@@ -28,6 +28,7 @@ from .evaluator import metric_value
 from .inference import float_outputs, run_inference, targets_to
 from .logger import MeterBank, TBWriter, get_logger
 from .optim import current_lrs
+from .reproducibility import write_run_record
 from .summaries import append_epoch_record, describe_run, log_eval, log_train_step
 from .updater import Updater
 from .validate import check_config
@@ -98,6 +99,7 @@ class Trainer:
             os.makedirs(self.output_dir, exist_ok=True)
             for stale in glob.glob(os.path.join(self.output_dir, ".*.pth.*.tmp")):
                 os.remove(stale)  # temp files of a save that was killed
+        write_run_record(self.output_dir, cfg, rt)
         self.writer = TBWriter(rt.tensorboard_dir)
         self.writer.text("config", f"```\n{json.dumps(cfg.to_dict(), indent=1, default=str)}\n```")
         if rt.resume:
