@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEV    := pytest ruff==0.17.6
+DEV    := pytest hypothesis ruff==0.17.6
 
 .PHONY: install test lint format demo clean
 

@@ -19,6 +19,19 @@ def test_grid_symmetric_increasing_with_exact_ends(beta, num_bins):
     assert g[0] == -4.0 and g[-1] == 4.0
 
 
+def test_grid_refuses_underflowing_bins_and_tiny_beta_is_uniform():
+    # regression: alpha·beta large enough for the inner values to underflow gave coinciding
+    # bins (two-hot targets of all zeros or NaN); beyond ~709 math.expm1 raised OverflowError
+    for alpha, bins, beta in ((15.0, 6, 8.0), (4.0, 17, 30.0), (4.0, 17, 200.0)):
+        with pytest.raises(ValueError, match="underflow"):
+            cbbl_grid(alpha, bins, beta)
+    assert torch.all(cbbl_grid(4.0, 17, 25.0).diff() > 0)  # still resolved
+    # a vanishing beta is the uniform grid, not a grid of zeros
+    uniform = cbbl_grid(4.0, 17, 0.0)
+    assert torch.equal(cbbl_grid(4.0, 17, 5e-324), uniform)
+    assert torch.allclose(cbbl_grid(4.0, 17, 1e-6), uniform, atol=1e-5)
+
+
 def test_grid_values_match_formula():
     alpha, beta, n = 4.0, 1.0, 16
     g = cbbl_grid(alpha, n + 1, beta, dtype=torch.float64)

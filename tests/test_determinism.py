@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_engine_train import REPO, make_data, write_config
 
 

@@ -147,6 +147,23 @@ def test_identical_boxes_zero_and_loss_decreases_with_overlap():
         assert 0 < near.item() < far.item()
 
 
+def test_identical_tiny_boxes_lose_nothing():
+    # regression: areas were floored at eps (1e-7), so two identical boxes of area 1e-8 had
+    # IoU 0.1 (loss 0.9); areas are now floored at eps², lengths at eps
+    tiny = torch.tensor(
+        [[0.5, 0.5, 0.5 + 1e-4, 0.5 + 1e-4], [0.2, 0.3, 0.2 + 1e-6, 0.3 + 1e-6], [0, 0, 1e-5, 1]]
+    )
+    for kind in BASE_KINDS + tuple(f"inner_{k}" for k in BASE_KINDS if k != "nwd"):
+        ratio = 1.25 if kind.startswith("inner_") else None
+        loss = iou_family_loss(tiny, tiny, kind, inner_ratio=ratio, box_format="xyxy")
+        assert loss.abs().max().item() <= 1e-6, (kind, loss)
+    # a tiny box half over its identical twin: IoU 1/3 (inter 0.5, union 1.5), at any scale
+    for side in (1e-2, 1e-4, 1e-6):
+        a = torch.tensor([[0.5, 0.5, 0.5 + side, 0.5 + side]], dtype=torch.float64)
+        b = a + torch.tensor([[side / 2, 0, side / 2, 0]], dtype=torch.float64)
+        assert L(a, b, "iou") == pytest.approx(2 / 3, rel=1e-6)
+
+
 def test_kind_parsing_and_errors():
     assert parse_iou_kind("giou") == ("giou", False)
     assert parse_iou_kind("Inner_SIoU") == ("siou", True)

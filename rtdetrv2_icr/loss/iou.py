@@ -19,9 +19,11 @@ Kinds (pred = a, target = b; IoU, enclosing box ``c`` of width cw / height ch, c
 the IoU of auxiliary boxes scaled by ``r`` about their centres, the penalty of the kind stays on
 the real boxes (loss_inner = loss - IoU + IoU_inner). UAV-DETR trains with ``inner_siou``, r = 1.25.
 
-Safety: sizes are clamped at 0, every denominator is clamped from below by ``eps`` and the
-square root of NWD sees a clamped argument, so zero-area, inverted, identical and far-apart boxes
-give finite losses and gradients. Above ``eps`` the formulas are exact.
+Safety: sizes are clamped at 0, every denominator is clamped from below, lengths by ``eps`` and
+areas (IoU's union, the enclosing area, squared distances) by eps², and the square root of NWD sees
+an argument clamped at eps², so zero-area, inverted, identical and far-apart boxes give finite
+losses and gradients. Above these floors the formulas are exact: identical boxes with sides of
+1e-6 lose 0, not ~1 as with an area floor of eps.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..ops.boxes import box_cxcywh_to_xyxy, enclosing_wh, paired_box_iou
+from ..ops.boxes import area_floor, box_cxcywh_to_xyxy, enclosing_wh, paired_box_iou
 
 __all__ = ["BASE_KINDS", "parse_iou_kind", "iou_family_loss"]
 
@@ -94,9 +96,10 @@ def iou_family_loss(
     dx, dy = bcx - acx, bcy - acy
     rho2 = dx * dx + dy * dy
 
+    eps2 = area_floor(eps, rho2.dtype)  # floor of areas and squared lengths
     if base == "nwd":
         dist2 = rho2 + ((aw - bw) ** 2 + (ah - bh) ** 2) / 4
-        return 1 - torch.exp(-dist2.clamp(min=eps).sqrt() / nwd_constant)
+        return 1 - torch.exp(-dist2.clamp(min=eps2).sqrt() / nwd_constant)
 
     iou, union = paired_box_iou(pred, target, eps)
     if inner_ratio is not None:
@@ -112,9 +115,9 @@ def iou_family_loss(
     cw, ch = enclosing_wh(pred, target)  # enclosing box
     if base == "giou":
         hull = cw * ch
-        return loss + (hull - union) / hull.clamp(min=eps)
+        return loss + (hull - union) / hull.clamp(min=eps2)
     if base == "siou":
-        angle = 2 * dx.abs() * dy.abs() / rho2.clamp(min=eps)  # sin 2θ in [0, 1]
+        angle = 2 * dx.abs() * dy.abs() / rho2.clamp(min=eps2)  # sin 2θ in [0, 1]
         gamma = 2 - angle
         dist = (1 - torch.exp(-gamma * (dx / cw.clamp(min=eps)) ** 2)) + (
             1 - torch.exp(-gamma * (dy / ch.clamp(min=eps)) ** 2)
@@ -124,14 +127,14 @@ def iou_family_loss(
         shape = (1 - torch.exp(-om_w)) ** siou_theta + (1 - torch.exp(-om_h)) ** siou_theta
         return loss + 0.5 * (dist + shape)
 
-    loss = loss + rho2 / (cw * cw + ch * ch).clamp(min=eps)  # DIoU penalty
+    loss = loss + rho2 / (cw * cw + ch * ch).clamp(min=eps2)  # DIoU penalty
     if base == "diou":
         return loss
     if base == "eiou":
         return (
             loss
-            + (aw - bw) ** 2 / (cw * cw).clamp(min=eps)
-            + (ah - bh) ** 2 / (ch * ch).clamp(min=eps)
+            + (aw - bw) ** 2 / (cw * cw).clamp(min=eps2)
+            + (ah - bh) ** 2 / (ch * ch).clamp(min=eps2)
         )
     # ciou
     v = (4 / math.pi**2) * (

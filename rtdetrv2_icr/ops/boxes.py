@@ -2,9 +2,10 @@
 
 Boxes are ``[..., 4]`` tensors, either ``cxcywh`` (centre, size) or ``xyxy`` (corners).
 Every function is differentiable and safe on degenerate input: widths and heights of
-inverted boxes are clamped to 0 and denominators are clamped from below by ``eps``, so
-zero-area or far-apart boxes give finite values and finite gradients. For ordinary boxes
-(all denominators above ``eps``) the results are the textbook formulas exactly.
+inverted boxes are clamped to 0 and denominators are clamped from below (``eps`` is a length:
+area denominators are floored at ``area_floor(eps) = eps²``), so zero-area or far-apart boxes give
+finite values and finite gradients. For boxes whose areas are above eps² (sides of 1e-7 and more
+at the default eps) the results are the textbook formulas exactly.
 
     pairwise: box_iou(a [N,4], b [M,4]) -> [N,M]      (every a against every b)
     paired:   paired_box_iou(a [...,4], b [...,4]) -> [...]   (a[i] against b[i])
@@ -29,6 +30,7 @@ __all__ = [
     "paired_box_iou",
     "paired_generalized_box_iou",
     "enclosing_wh",
+    "area_floor",
     "containment",
     "inverse_sigmoid",
 ]
@@ -60,6 +62,13 @@ def inverse_sigmoid(p: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(p.clamp(min=eps) / (1.0 - p).clamp(min=eps))
 
 
+def area_floor(eps: float, dtype: torch.dtype = torch.float32) -> float:
+    """Floor of an area denominator: ``eps`` bounds lengths, so areas are floored at eps² (never
+    below the smallest normal number of ``dtype``). Flooring areas at eps itself would make the
+    IoU of two identical boxes of area below eps smaller than 1."""
+    return max(eps * eps, torch.finfo(dtype).tiny)
+
+
 # ---- pairwise (N x M) ---------------------------------------------------------------------
 
 
@@ -73,7 +82,7 @@ def box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tuple[Tensor, Tensor]:
     wh = (hi - lo).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]  # [N,M]
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return inter / union.clamp(min=eps), union
+    return inter / union.clamp(min=area_floor(eps, union.dtype)), union
 
 
 def generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
@@ -83,7 +92,7 @@ def generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
     hi = torch.max(a[:, None, 2:], b[None, :, 2:])
     wh = (hi - lo).clamp(min=0)
     hull = wh[..., 0] * wh[..., 1]  # [N,M] smallest enclosing box
-    return iou - (hull - union) / hull.clamp(min=eps)
+    return iou - (hull - union) / hull.clamp(min=area_floor(eps, hull.dtype))
 
 
 # ---- paired (element-wise) ------------------------------------------------------------------
@@ -100,7 +109,7 @@ def paired_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tuple[Tensor, Tens
     """IoU of a[i] with b[i] (xyxy [..., 4]); returns (iou [...], union [...])."""
     inter = paired_intersection(a, b)
     union = box_area(a) + box_area(b) - inter
-    return inter / union.clamp(min=eps), union
+    return inter / union.clamp(min=area_floor(eps, union.dtype)), union
 
 
 def enclosing_wh(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
@@ -115,7 +124,7 @@ def paired_generalized_box_iou(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor
     iou, union = paired_box_iou(a, b, eps)
     hw, hh = enclosing_wh(a, b)
     hull = hw * hh
-    return iou - (hull - union) / hull.clamp(min=eps)
+    return iou - (hull - union) / hull.clamp(min=area_floor(eps, hull.dtype))
 
 
 def containment(child: Tensor, parent: Tensor) -> Tensor:

@@ -22,7 +22,10 @@ __all__ = ["cbbl_grid", "expected_offset", "two_hot"]
 def cbbl_grid(
     alpha: float = 4.0, num_bins: int = 17, beta: float = 1.0, device=None, dtype=torch.float32
 ) -> torch.Tensor:
-    """The ``num_bins`` grid values ``y'`` (symmetric, increasing, ends at ±alpha)."""
+    """The ``num_bins`` grid values ``y'`` (symmetric, increasing, ends at ±alpha). Raises
+    ValueError when two neighbours coincide or lie closer than the smallest normal number of
+    ``dtype`` (a large alpha·beta makes the inner values underflow): two-hot targets divide by
+    these gaps."""
     if num_bins < 2:
         raise ValueError(f"C-BBL needs at least 2 bins, got num_bins={num_bins}")
     if alpha <= 0 or beta < 0:
@@ -30,11 +33,19 @@ def cbbl_grid(
     n = num_bins - 1
     i = torch.arange(num_bins, dtype=torch.float64)
     u = alpha * (2.0 * i - n) / n  # = -α + 2α·i/n, written so that u_i == -u_{n-i} exactly
-    if beta == 0:
-        y = u  # the β → 0 limit is the uniform grid
-    else:
+    if alpha * beta < 1e-200:  # β·u would underflow: the β → 0 limit, the uniform grid
+        y = u
+    elif alpha * beta <= 700:  # exp(αβ) stays finite in float64
         y = torch.sign(u) * alpha * torch.expm1(beta * u.abs()) / math.expm1(alpha * beta)
-    return y.to(device=device, dtype=dtype)
+    else:
+        y = torch.zeros_like(u)  # every inner value underflows: refused below
+    y = y.to(device=device, dtype=dtype)
+    if not bool((y[1:] - y[:-1] >= torch.finfo(dtype).tiny).all()):  # gaps: normal numbers
+        raise ValueError(
+            f"C-BBL grid with alpha={alpha}, beta={beta}, num_bins={num_bins} has inner "
+            f"values that underflow in {dtype} (bins coincide): lower beta or alpha"
+        )
+    return y
 
 
 def expected_offset(logits: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

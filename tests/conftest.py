@@ -1,0 +1,19 @@
+"""Shared pytest setup: the hypothesis profiles of the property tests (tests/test_fuzz.py).
+
+``ci`` (the default) is derandomised, so every run draws the same examples and a failure
+reproduces; ``HYPOTHESIS_PROFILE=explore pytest tests/test_fuzz.py`` draws fresh random examples
+to look for new failures (``FUZZ_EXAMPLES=3000`` raises the count per test, see test_fuzz.py).
+"""
+
+import os
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the test extra is not installed: only tests/test_fuzz.py needs it
+    settings = None
+
+if settings is not None:
+    _common = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("ci", derandomize=True, database=None, **_common)
+    settings.register_profile("explore", derandomize=False, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
