@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEV    := pytest hypothesis ruff==0.17.6
+DEV    := pytest pytest-xdist hypothesis ruff==0.17.6
+WORKERS ?= 2
 
 .PHONY: install test lint format demo clean
 
@@ -17,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(WORKERS) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
