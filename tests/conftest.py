@@ -17,4 +17,3 @@ if settings is not None:
     settings.register_profile("ci", derandomize=True, database=None, **_common)
     settings.register_profile("explore", derandomize=False, **_common)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-

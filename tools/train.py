@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr comes with it)
 from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
-from rtdetrv2_icr.engine import Trainer, dist  # noqa: E402
+from rtdetrv2_icr.engine import Trainer, checkpoint, dist  # noqa: E402
 from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
 from rtdetrv2_icr.engine.reproducibility import seed_run  # noqa: E402
 from rtdetrv2_icr.engine.runtime import RuntimeSettings  # noqa: E402
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-only", action="store_true", help="only evaluate (with -r), on --split")
     p.add_argument("--split", choices=["val", "test"], default="val", help="--test-only: split")
     p.add_argument(
+        "--eval-split",
+        choices=["val", "test"],
+        help="after training, evaluate best.pth on this split (OUT/eval_<split>)",
+    )
+    p.add_argument(
         "-u",
         "--update",
         nargs="+",
@@ -76,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS
     )  # old launchers
     return p
+
+
+def evaluate_best(trainer, split: str, log) -> None:
+    """Load best.pth (else last.pth) of the finished run and evaluate it on ``split``."""
+    best = os.path.join(trainer.output_dir, "best.pth")
+    path = best if os.path.isfile(best) else os.path.join(trainer.output_dir, "last.pth")
+    checkpoint.load_eval_weights(path, dist.unwrap_model(trainer.model), trainer.ema)
+    out = os.path.join(trainer.output_dir, f"eval_{split}")
+    log.info(f"evaluating {path} on the {split} split")
+    trainer.evaluate_split(split, out_dir=out)
 
 
 def main(argv=None) -> int:
@@ -110,7 +125,10 @@ def main(argv=None) -> int:
             if dist.is_main_process():
                 log.info(f"metrics written to {out}/metrics.json and metrics.md")
         else:
-            Trainer(cfg).fit()
+            trainer = Trainer(cfg, splits=("train", "val") + tuple(filter(None, [args.eval_split])))
+            trainer.fit()
+            if args.eval_split:
+                evaluate_best(trainer, args.eval_split, log)
     return 0
 
 

@@ -26,7 +26,7 @@ is not visible has its line alone.
 
 from .config import KINDS, SceneConfig, VehicleKind
 from .scene import draw_scene
-from .writer import CATEGORIES, SPLIT_CODES, write_dataset, write_split
+from .writer import CATEGORIES, SPLIT_CODES, write_dataset, write_from_section, write_split
 
 __all__ = [
     "SceneConfig",
@@ -35,6 +35,7 @@ __all__ = [
     "draw_scene",
     "write_split",
     "write_dataset",
+    "write_from_section",
     "CATEGORIES",
     "SPLIT_CODES",
 ]

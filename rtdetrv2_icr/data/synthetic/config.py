@@ -17,6 +17,8 @@ class SceneConfig:
     max_distractors: int = 2  # plate-like signs per image (0..max)
     blur_prob: float = 0.3
     min_vehicle_px: int = 24  # narrowest vehicle (plates down to about 6x3 px)
+    plate_scale: float = 1.0  # plate width as a share of its vehicle's, times this (< 1: smaller)
+    min_plate_px: int = 6  # narrowest plate (height at least 3 px)
 
 
 class VehicleKind(NamedTuple):

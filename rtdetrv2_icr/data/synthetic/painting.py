@@ -195,7 +195,18 @@ def distractors(img: Image.Image, rng, S: int, hz: int, cfg: SceneConfig, night:
         _plate_face(d, rng, x, y, sw, sh, style, dim=0.5 if night else 1.0)
 
 
-def draw_vehicle(img_d, id_d, rng, box, kind: str, vid: int, night: bool, glow: list):
+def draw_vehicle(
+    img_d,
+    id_d,
+    rng,
+    box,
+    kind: str,
+    vid: int,
+    night: bool,
+    glow: list,
+    plate_scale: float = 1.0,
+    min_plate_px: int = 6,
+):
     """Draw one vehicle on the image and its silhouette (value ``vid``) on the id map.
     Returns the plate rectangle (x0, y0, pw, ph) in pixels."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -289,7 +300,7 @@ def draw_vehicle(img_d, id_d, rng, box, kind: str, vid: int, night: bool, glow: 
                 )
             )
     # plate: centred low on the body
-    pw = max(6, int(round(w * rng.uniform(0.2, 0.26))))
+    pw = max(min_plate_px, int(round(w * rng.uniform(0.2, 0.26) * plate_scale)))
     ph = max(3, int(round(pw / rng.uniform(2.8, 3.4))))
     pw, ph = min(pw, int(w * 0.6)), min(ph, int(h * 0.25))
     pcx = X(0.5 + rng.uniform(-0.04, 0.04))

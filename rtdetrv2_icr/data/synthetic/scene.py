@@ -129,7 +129,9 @@ def draw_scene(rng: np.random.Generator, cfg: SceneConfig):
     glow: list = []
     drawn = []
     for k, v in enumerate(sample_vehicles(rng, S, hz, vx, spread, cfg), start=1):
-        plate = draw_vehicle(img_d, id_d, rng, v["box"], v["kind"], k, night, glow)
+        plate = draw_vehicle(
+            img_d, id_d, rng, v["box"], v["kind"], k, night, glow, cfg.plate_scale, cfg.min_plate_px
+        )
         cb = _clip(v["box"], S)
         drawn.append(
             (k, cb, plate, int((np.asarray(ids.crop(cb)) == k).sum()))

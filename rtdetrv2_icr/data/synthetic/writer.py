@@ -11,7 +11,7 @@ import numpy as np
 from .config import SceneConfig
 from .scene import draw_scene
 
-__all__ = ["write_split", "write_dataset", "CATEGORIES", "SPLIT_CODES"]
+__all__ = ["write_split", "write_dataset", "write_from_section", "CATEGORIES", "SPLIT_CODES"]
 
 CATEGORIES = [
     {"id": 1, "name": "plate", "supercategory": "plate"},
@@ -87,3 +87,24 @@ def write_dataset(
 ) -> Dict[str, dict]:
     cfg = cfg or SceneConfig()
     return {s: write_split(out_dir, s, n, seed, cfg) for s, n in splits.items() if n > 0}
+
+
+def write_from_section(section: dict) -> bool:
+    """Draw the splits a config's ``synthetic_data`` section asks for (``out``, ``train``,
+    ``val``, ``test``, ``seed`` and any `SceneConfig` field), unless ``out`` already holds them;
+    returns whether it drew. Delete the folder to redraw."""
+    import dataclasses
+
+    spec = dict(section)
+    out = spec.pop("out")
+    splits = {s: int(spec.pop(s, 0)) for s in ("train", "val", "test")}
+    seed = int(spec.pop("seed", 0))
+    fields = {f.name for f in dataclasses.fields(SceneConfig)}
+    unknown = sorted(set(spec) - fields)
+    if unknown:
+        raise ValueError(f"synthetic_data: unknown key(s) {unknown}; scene keys: {sorted(fields)}")
+    last = [s for s, n in splits.items() if n > 0][-1]
+    if os.path.isfile(os.path.join(out, "annotations", f"{last}.json")):
+        return False
+    write_dataset(out, splits, seed, SceneConfig(**spec))
+    return True

@@ -1,0 +1,130 @@
+"""A tiny study end to end: 2 variants x 2 seeds, killed in the middle of a run and started
+again (finished runs skipped, the interrupted one resumed), then summarised from its run
+directories alone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_engine_train import REPO, make_data, write_config
+
+from rtdetrv2_icr.engine.study import _paired, load_study
+
+
+def study_file(tmp_path, cfg):
+    path = tmp_path / "study.yml"
+    path.write_text(f"""
+name: tiny
+base: {cfg}
+overrides: {{epoches: 2, eval_freq: 100, num_threads: 1}}
+baseline: baseline
+variants:
+  baseline: {{RTDETRCriterionv2.icr.enabled: False}}
+  icr: {{RTDETRCriterionv2: {{icr: {{enabled: True, lambda: 2.5}}}}}}
+seeds: [0, 1]
+split: test
+""")
+    return str(path)
+
+
+def study(args, **kw):
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tools", "study.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
+
+
+def test_study_runs_resumes_and_summarises(tmp_path):
+    data = make_data(tmp_path / "d", n_train=4, n_val=2, n_test=2)
+    cfg = write_config(tmp_path, data, str(tmp_path / "unused"))
+    spec = study_file(tmp_path, cfg)
+    out = tmp_path / "out"
+    # kill the study while the first run is between its two epochs
+    p = study([spec, "--out", str(out), "--no-plots"])
+    first = out / "baseline" / "seed0" / "last.pth"
+    deadline = time.time() + 300
+    while not first.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.exists(), p.communicate()[0][-3000:]
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "baseline" / "seed0" / "eval_test").exists()
+
+    log = study([spec, "--out", str(out)]).communicate(timeout=900)[0]
+    assert "4 runs (2 variants x 2 seeds), 0 already finished" in log
+    assert "run 1 of 4: baseline seed 0" in log and "run 4 of 4: icr seed 1" in log
+    assert "ETA" in log
+    resumed = open(out / "baseline" / "seed0" / "train.log").read()
+    assert "resumed from" in resumed and "epoch 0 done" in resumed
+    for name in ("study.md", "study.csv", "study.json", "study_curves.png"):
+        assert (out / name).is_file(), name
+    result = json.load(open(out / "study.json"))
+    assert set(result["table"]) == {"baseline", "icr"}
+    for v in ("baseline", "icr"):
+        assert result["table"][v]["seeds"] == [0, 1]
+        assert result["table"][v]["metrics"]["plate/AP50"]["n"] == 2
+    assert result["paired"]["icr"]["seeds"] == [0, 1]
+    md = open(out / "study.md").read()
+    assert "| baseline | 2 |" in md and "| icr | baseline | plate/AP50 |" in md
+    assert len(open(out / "study.csv").read().splitlines()) == 5  # header + 4 runs
+
+    # a second start finds everything done; --summarize rebuilds the report from the run dirs
+    assert "4 already finished" in study([spec, "--out", str(out), "--no-plots"]).communicate()[0]
+    os.remove(out / "study.json")
+    study([spec, "--out", str(out), "--summarize", "--no-plots"]).communicate(timeout=300)
+    assert json.load(open(out / "study.json"))["table"] == result["table"]
+    assert load_study(spec).runs() == [("baseline", 0), ("icr", 0), ("baseline", 1), ("icr", 1)]
+
+
+def test_paired_difference_verdict():
+    clear = _paired([0.05, 0.06, 0.055])
+    assert clear["positive"] == 3 and clear["verdict"] == "higher"
+    assert clear["ci95"][0] > 0
+    noisy = _paired([0.05, -0.04, 0.01])
+    assert noisy["positive"] == 2 and noisy["verdict"] == "no measurable difference"
+    assert _paired([0.1])["verdict"] == "too few seeds"
+    assert _paired([-0.02, -0.021, -0.019])["verdict"] == "lower"
+
+
+def test_study_file_errors(tmp_path):
+    from rtdetrv2_icr.core import ConfigError
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("base: nope.yml\nvariants: {a: {}}\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match="base config not found"):
+        load_study(str(bad))
+    bad.write_text(
+        f"base: {REPO}/configs/demo/rtdetrv2_tiny.yml\nvariants: {{a: {{}}}}\nseeds: [0]\nsead: 1\n"
+    )
+    with pytest.raises(ConfigError, match="unknown key 'sead'.*'seeds'"):
+        load_study(str(bad))
+
+
+def test_shipped_studies_load_and_their_configs_check():
+    import glob
+
+    from rtdetrv2_icr.core import YAMLConfig, parse_cli
+    from rtdetrv2_icr.engine.study import run_overrides
+    from rtdetrv2_icr.engine.validate import check_config
+
+    files = sorted(glob.glob(os.path.join(REPO, "configs", "studies", "*.yml")))
+    assert len(files) >= 5
+    for path in files:
+        spec = load_study(path)
+        assert spec.baseline in spec.variants and len(spec.seeds) >= 3, path
+        for v in spec.variants:
+            cfg = YAMLConfig(spec.base_of(v), **parse_cli(run_overrides(spec, v, 0)))
+            check_config(cfg, splits=())  # keys, metric, relations (data may be absent)
+            if spec.sweep and spec.sweep in spec.variants[v]:
+                assert cfg.get(spec.sweep) == spec.variants[v][spec.sweep]
