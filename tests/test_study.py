@@ -114,6 +114,7 @@ def test_study_file_errors(tmp_path):
 def test_shipped_studies_load_and_their_configs_check():
     import glob
 
+    import uav_detr_icr  # noqa: F401  (the UAV-DETR studies name its neck)
     from rtdetrv2_icr.core import YAMLConfig, parse_cli
     from rtdetrv2_icr.engine.study import run_overrides
     from rtdetrv2_icr.engine.validate import check_config
