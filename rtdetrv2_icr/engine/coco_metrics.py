@@ -27,6 +27,9 @@ __all__ = [
     "run_coco_eval",
     "per_class_metrics",
     "pr_curves",
+    "recall_by_size",
+    "gt_counts_by_size",
+    "SIZE_BUCKETS",
     "relational_consistency",
     "report_to_markdown",
     "write_report",
@@ -143,17 +146,73 @@ def per_class_metrics(ev, cat_names: Dict[int, str]) -> Dict[str, Dict[str, Opti
     return out
 
 
-def pr_curves(ev, cat_names: Dict[int, str]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """Per category (recall thresholds, precision) at IoU 0.5, all areas, 100 detections."""
+def _iou_rows(ev, iou: Optional[float]) -> slice:
+    """The IoU-threshold rows of COCOeval's arrays: the one nearest ``iou``, or all (None)."""
+    if iou is None:
+        return slice(None)
+    t = int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - iou)))
+    return slice(t, t + 1)
+
+
+def pr_curves(
+    ev, cat_names: Dict[int, str], iou: Optional[float] = 0.5
+) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Per category (recall thresholds [R], precision [R]) at IoU ``iou`` (None: the mean over
+    COCO's ten thresholds 0.5:0.95), all areas, 100 detections. A category without ground truth
+    gives zeros."""
     p = ev.params
-    prec = np.asarray(ev.eval["precision"])
-    t50 = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.5)))
+    prec = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
     rec_thr = np.asarray(p.recThrs, dtype=np.float64)
+    rows = _iou_rows(ev, iou)
     curves = {}
     for k, cat_id in enumerate(p.catIds):
-        curve = prec[t50, :, k, 0, len(p.maxDets) - 1].astype(np.float64)
+        curve = prec[rows, :, k, 0, len(p.maxDets) - 1].astype(np.float64).mean(0)
         curves[cat_names.get(int(cat_id), str(cat_id))] = (rec_thr, np.clip(curve, 0.0, 1.0))
     return curves
+
+
+SIZE_BUCKETS = ("small", "medium", "large")
+
+
+def recall_by_size(
+    ev, cat_names: Dict[int, str], iou: Optional[float] = 0.5
+) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per category, recall at 100 detections in each COCO size bucket (small, medium, large:
+    the ground truth's area against ``params.areaRng``), at IoU ``iou`` (None: the mean over
+    0.5:0.95, as AR_s/AR_m/AR_l). None where the category has no object of that size."""
+    p = ev.params
+    rec = np.asarray(ev.eval["recall"])  # [T, K, A, M]
+    rows = _iou_rows(ev, iou)
+    labels = list(getattr(p, "areaRngLbl", ["all", *SIZE_BUCKETS]))
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for k, cat_id in enumerate(p.catIds):
+        out[cat_names.get(int(cat_id), str(cat_id))] = {
+            b: _clean(_mean_valid(rec[rows, k, labels.index(b), len(p.maxDets) - 1]))
+            for b in SIZE_BUCKETS
+        }
+    return out
+
+
+def gt_counts_by_size(
+    gt: Dict[str, Any], image_ids: Sequence[int], area_rng: Sequence[Sequence[float]], cat_names
+) -> Dict[str, Dict[str, int]]:
+    """Per category, the number of (non-crowd) ground-truth objects of the evaluated images in
+    each size bucket, with COCOeval's rule: ``lo <= area <= hi`` (``area_rng``: params.areaRng,
+    all/small/medium/large)."""
+    ids = set(int(i) for i in image_ids)
+    out = {
+        cat_names.get(int(c["id"]), str(c["id"])): dict.fromkeys(SIZE_BUCKETS, 0)
+        for c in gt["categories"]
+    }
+    for a in gt.get("annotations", []):
+        if int(a["image_id"]) not in ids or a.get("iscrowd", 0):
+            continue
+        name = cat_names.get(int(a["category_id"]), str(a["category_id"]))
+        area = float(a.get("area", a["bbox"][2] * a["bbox"][3]))
+        for b, (lo, hi) in zip(SIZE_BUCKETS, list(area_rng)[1:]):
+            if name in out and lo <= area <= hi:
+                out[name][b] += 1
+    return out
 
 
 def relational_consistency(
@@ -230,6 +289,20 @@ def report_to_markdown(report: Dict[str, Any]) -> str:
                 f"- {key}: {_fmt(r['share'])} "
                 f"({r['consistent']}/{r['children']} predicted children)"
             )
+    cm = report.get("confusion_matrix")
+    if cm:
+        names = cm["classes"]
+        lines += [
+            "",
+            f"Confusion matrix (IoU >= {cm['iou_thr']:g}, score >= {cm['score_thr']:g}; rows: "
+            "ground truth, columns: prediction; background row: false positives, background "
+            "column: missed objects):",
+            "",
+            "| true \\ predicted | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        for name, row in zip(names, cm["matrix"]):
+            lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 

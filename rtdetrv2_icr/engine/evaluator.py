@@ -17,7 +17,7 @@ Config section (upstream's `iou_types` kept; the rest ours):
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -131,6 +131,7 @@ class CocoEvaluator:
         self.duplicates_dropped = 0
         self.curves: Dict[str, Any] = {}
         self.coco_eval = None
+        self.merged: Dict[int, Dict[str, np.ndarray]] = {}  # rank 0, after summarize
 
     cleanup = reset  # upstream's name
 
@@ -174,8 +175,12 @@ class CocoEvaluator:
         self.duplicates_dropped = dropped
         return merged
 
-    def _to_coco_results(self, merged: Dict[int, Dict[str, np.ndarray]]) -> List[Dict[str, Any]]:
-        out = []
+    def iter_coco_results(
+        self, merged: Optional[Dict[int, Dict[str, np.ndarray]]] = None
+    ) -> Iterator[Dict[str, Any]]:
+        """Detections in the COCO results layout (image_id, category_id, bbox xywh in original
+        pixels, score), by image id; default: those of the last `summarize` (rank 0)."""
+        merged = self.merged if merged is None else merged
         for img_id in sorted(merged):
             e = merged[img_id]
             for box, score, lab in zip(e["boxes"], e["scores"], e["labels"]):
@@ -183,15 +188,15 @@ class CocoEvaluator:
                 if cat is None:
                     continue  # a class the dataset does not have
                 x0, y0, x1, y1 = (float(v) for v in box)
-                out.append(
-                    {
-                        "image_id": img_id,
-                        "category_id": cat,
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "score": float(score),
-                    }
-                )
-        return out
+                yield {
+                    "image_id": img_id,
+                    "category_id": cat,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+
+    def _to_coco_results(self, merged: Dict[int, Dict[str, np.ndarray]]) -> List[Dict[str, Any]]:
+        return list(self.iter_coco_results(merged))
 
     # ---- evaluation ------------------------------------------------------------------------
     def summarize(self, split: str = "val", backend: Optional[str] = None) -> Dict[str, Any]:
@@ -204,6 +209,7 @@ class CocoEvaluator:
         merged = self.synchronize()
         report: Optional[Dict[str, Any]] = None
         if dist.is_main_process():
+            self.merged = merged
             dets = self._to_coco_results(merged)
             gt_ids = {int(im["id"]) for im in self.gt["images"]}
             unknown = [i for i in self.image_ids if i not in gt_ids]

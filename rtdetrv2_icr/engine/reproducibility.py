@@ -8,6 +8,7 @@
     write_run_record(output_dir, cfg, rt)                 a line of run.jsonl (seed, versions,
                                                           commit, command) per start or resume,
                                                           and config.yml (the merged config)
+    write_config_yml(path, cfg)                           the merged config alone
 
 On a CPU, two runs with the same seed, thread count and number of processes give identical losses
 at every step and identical metrics. On CUDA, deterministic kernels are used where they exist;
@@ -31,7 +32,7 @@ import yaml
 
 from . import dist
 
-__all__ = ["seed_run", "loader_seeding", "run_record", "write_run_record"]
+__all__ = ["seed_run", "loader_seeding", "run_record", "write_run_record", "write_config_yml"]
 
 
 def seed_run(
@@ -115,5 +116,11 @@ def write_run_record(output_dir: str, cfg, rt) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "run.jsonl"), "a") as f:
         f.write(json.dumps(run_record(cfg, rt)) + "\n")
-    with open(os.path.join(output_dir, "config.yml"), "w") as f:
+    write_config_yml(os.path.join(output_dir, "config.yml"), cfg)
+
+
+def write_config_yml(path: str, cfg) -> str:
+    """The merged config (includes resolved, overrides applied) as YAML at ``path``."""
+    with open(path, "w") as f:
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=str)), f, sort_keys=False)
+    return path
