@@ -12,6 +12,8 @@ import pytest
 import torch
 from test_engine_train import REPO, make_data, write_config
 
+from rtdetrv2_icr.engine.results import load_results
+
 
 def torchrun(*args, timeout=300, env=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env or {}))
@@ -53,6 +55,10 @@ def test_two_process_train_and_eval(tmp_path):
     )
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    # rank 0 alone writes the result files: one csv row, the last validation's detections once
+    assert [r["epoch"] for r in load_results(out / "results.csv")] == [0]
+    preds = json.load(open(out / "eval_val_last" / "predictions.json"))
+    assert len({p["image_id"] for p in preds}) == 5 and len(preds) == 5 * 30
 
     # test split: DDP + pycocotools vs one process + faster-coco-eval
     ddp_dir, one_dir = tmp_path / "ddp_eval", tmp_path / "one_eval"
@@ -88,6 +94,10 @@ def test_two_process_train_and_eval(tmp_path):
     )
     a = json.load(open(ddp_dir / "metrics.json"))
     b = json.load(open(one_dir / "metrics.json"))
+    pa = json.load(open(ddp_dir / "predictions.json"))
+    pb = json.load(open(one_dir / "predictions.json"))
+    assert len(pa) == len(pb) == a["num_detections"]
+    assert [p["image_id"] for p in pa] == [p["image_id"] for p in pb]
     assert a["num_images"] == b["num_images"] == 3
     assert a["duplicates_dropped"] == 1 and b["duplicates_dropped"] == 0
     assert a["num_detections"] == b["num_detections"] > 0

@@ -6,7 +6,9 @@ consistency).
     torchrun --nproc_per_node=4 tools/eval.py -c CONFIG -r best.pth --split test --backend
     pycocotools
 
-Writes DIR/metrics.json and DIR/metrics.md and prints the tables. EMA weights are used when the
+Prints the tables and writes into DIR: metrics.json and metrics.md (the report), predictions.json
+(every kept detection, COCO results format), config.yml (the merged config of this evaluation),
+pr_curves.png, confusion_matrix.png and recall_by_size.png. EMA weights are used when the
 checkpoint has them (--weights model to use the raw model weights).
 """
 
@@ -77,9 +79,7 @@ def main(argv=None) -> int:
         )
         trainer.evaluate_split(args.split, out_dir=out, backend=args.backend)
         if dist.is_main_process():
-            log.info(
-                f"written {os.path.join(out, 'metrics.json')} and {os.path.join(out, 'metrics.md')}"
-            )
+            log.info(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")
     return 0
 
 

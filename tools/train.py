@@ -91,6 +91,8 @@ def evaluate_best(trainer, split: str, log) -> None:
     out = os.path.join(trainer.output_dir, f"eval_{split}")
     log.info(f"evaluating {path} on the {split} split")
     trainer.evaluate_split(split, out_dir=out)
+    if dist.is_main_process():
+        log.info(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")
 
 
 def main(argv=None) -> int:
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
             out = os.path.join(trainer.output_dir, f"eval_{args.split}")
             trainer.evaluate_split(args.split, out_dir=out)
             if dist.is_main_process():
-                log.info(f"metrics written to {out}/metrics.json and metrics.md")
+                log.info(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")
         else:
             trainer = Trainer(cfg, splits=("train", "val") + tuple(filter(None, [args.eval_split])))
             trainer.fit()

@@ -4,7 +4,8 @@ They are top-level config keys (``configs/runtime.yml`` holds the component sect
 ``scaler``; any config may set any key below, and ``-u key=value`` overrides it):
 
     epoches                 number of epochs (upstream's spelling; ``epochs`` is accepted too)
-    output_dir              last.pth, best.pth, log.txt and summary/ (TensorBoard) go here
+    output_dir              last.pth, best.pth, log.txt, results.csv, plots and summary/
+                            (TensorBoard) go here (engine/results.py)
     summary_dir             TensorBoard directory (default <output_dir>/summary)
     print_freq              a console line every N iterations
     checkpoint_freq         an extra checkpoint<epoch>.pth every N epochs (0: only last/best)

@@ -22,14 +22,14 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from . import builders, checkpoint, dist
-from .coco_metrics import report_to_markdown, write_report
+from . import builders, checkpoint, dist, results
+from .coco_metrics import report_to_markdown
 from .evaluator import metric_value
 from .inference import float_outputs, run_inference, targets_to
 from .logger import MeterBank, TBWriter, get_logger
 from .optim import current_lrs
 from .reproducibility import write_run_record
-from .summaries import append_epoch_record, describe_run, log_eval, log_train_step
+from .summaries import describe_run, log_eval, log_train_step
 from .updater import Updater
 from .validate import check_config
 
@@ -228,7 +228,8 @@ class Trainer:
         try:
             for epoch in range(self.last_epoch + 1, self.epochs):
                 builders.set_epoch(self.train_loader, epoch)
-                train_stats = self.train_one_epoch(epoch)
+                train_stats, report = self.train_one_epoch(epoch), None  # None: not evaluated
+                lrs = current_lrs(self.optimizer)  # the lr of the epoch's last step
                 self.updater.end_epoch()
                 self.last_epoch = epoch
                 names = ["last.pth"]
@@ -246,12 +247,13 @@ class Trainer:
                         f"best {rt.best_metric}: {self.best['value']} (epoch {self.best['epoch']})"
                     )
                 self.save(names)
-                append_epoch_record(self.output_dir, epoch, self.global_step, train_stats, report)
+                results.record_epoch(
+                    self.output_dir, epoch, self.global_step, train_stats, lrs, report
+                )
+            results.finish_training(self.output_dir, self.evaluator, report, self.cfg)
         except KeyboardInterrupt:
-            self.log.warning(
-                "interrupted; the last complete checkpoint is "
-                f"{os.path.join(self.output_dir, 'last.pth')}"
-            )
+            last = os.path.join(self.output_dir, "last.pth")
+            self.log.warning(f"interrupted; the last complete checkpoint is {last}")
             raise
         finally:
             if self.writer:
@@ -281,20 +283,18 @@ class Trainer:
         if dist.is_main_process():
             self.log.info(report_to_markdown(report))
             if out_dir:
-                write_report(report, out_dir)
+                results.write_eval_results(report, evaluator, out_dir, self.cfg)
             log_eval(self.writer, report, evaluator, vis, step, split, self.rt.vis_score_thr)
         return report
 
     def evaluate_split(
         self, split: str, out_dir: Optional[str] = None, backend: Optional[str] = None
     ) -> Dict[str, Any]:
-        """Evaluate the current weights (EMA if any) on ``split``; writes metrics.json/.md to
-        ``out_dir``."""
+        """Evaluate the current weights (EMA if any) on ``split``; files: engine/results.py."""
         loader = builders.build_dataloader(self.cfg, f"{split}_dataloader", shuffle=False)
         self.evaluator = builders.build_evaluator(self.cfg, loader.dataset)
         if self.writer is None and out_dir:
-            self.writer = TBWriter(
-                os.path.join(out_dir, "summary"), enabled=self.rt.eval_tensorboard
-            )
+            tb_dir = os.path.join(out_dir, "summary")
+            self.writer = TBWriter(tb_dir, enabled=self.rt.eval_tensorboard)
         step = max(self.last_epoch, 0)
         return self.evaluate(loader, self.evaluator, split, step, out_dir, backend)

@@ -6,13 +6,14 @@ The trainer calls these; each is a no-op on ranks other than 0 (the writer is di
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional
 
 import torch
 
 from . import dist
-from .logger import TBWriter
+from .logger import TBWriter, get_logger
 from .visualize import gt_vs_pred_grid, target_boxes_xyxy
 
 __all__ = ["describe_run", "log_train_step", "log_eval", "vis_items", "append_epoch_record"]
@@ -111,7 +112,8 @@ def append_epoch_record(
     train_stats: Dict[str, float],
     report: Optional[Dict[str, Any]],
 ) -> None:
-    """One JSON line per epoch in ``<output_dir>/log.txt`` (rank 0 only)."""
+    """One JSON line per epoch in ``<output_dir>/log.txt`` (rank 0 only). Lines of epochs >=
+    ``epoch`` (left by a run resumed from an earlier checkpoint) are dropped first."""
     if not dist.is_main_process():
         return
     rec: Dict[str, Any] = {
@@ -127,5 +129,24 @@ def append_epoch_record(
             "share"
         )
         rec["val_per_class"] = report["per_class"]
-    with open(os.path.join(output_dir, "log.txt"), "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    path = os.path.join(output_dir, "log.txt")
+    lines = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            lines = [ln for ln in f if _line_epoch(path, ln) < epoch]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(lines + [json.dumps(rec) + "\n"])
+    os.replace(tmp, path)
+
+
+def _line_epoch(path: str, line: str) -> float:
+    """The epoch of a log.txt line; +inf (the line is dropped, with a warning) when it is not
+    a JSON record with an integer epoch, e.g. a line cut short by a killed run."""
+    if not line.strip():
+        return math.inf
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        get_logger().warning(f"{path}: dropped a line that is not an epoch record: {line[:80]!r}")
+        return math.inf
