@@ -8,7 +8,8 @@ get the same random images and the same random plate-inside-vehicle targets, and
 time, ours first then upstream (``eval_spatial_size`` is set to the input size on both sides, as
 upstream's eval mode requires):
 
-    train  forward + criterion + backward + AdamW step     (model.train())
+    train  forward + criterion + backward + optimizer step (model.train(); each side's own
+           optimizer section, AdamW with its param groups; --optimizer plain for a bare AdamW)
     eval   forward + postprocessor under torch.no_grad()   (model.eval())
 
 The global RNG is re-seeded before every forward so both sides draw comparable denoising noise.
@@ -81,15 +82,22 @@ def import_upstream(root: str):
 
 
 def build_upstream(upstream_cfg_cls, root: str, eval_size):
-    cfg = upstream_cfg_cls(os.path.join(root, UPSTREAM_CONFIG), num_classes=NUM_CLASSES,
-                           remap_mscoco_category=False, eval_spatial_size=eval_size,
-                           PResNet={"pretrained": False})
-    return cfg.model, cfg.criterion, cfg.postprocessor
+    """Upstream's config object (model, criterion, postprocessor, optimizer built lazily)."""
+    return upstream_cfg_cls(os.path.join(root, UPSTREAM_CONFIG), num_classes=NUM_CLASSES,
+                            remap_mscoco_category=False, eval_spatial_size=eval_size,
+                            PResNet={"pretrained": False})
 
 
 def build_ours(eval_size):
-    cfg = YAMLConfig(OUR_CONFIG, PResNet={"pretrained": False}, eval_spatial_size=eval_size)
-    return cfg.model, cfg.criterion, cfg.postprocessor
+    return YAMLConfig(OUR_CONFIG, PResNet={"pretrained": False}, eval_spatial_size=eval_size)
+
+
+def make_optimizer(cfg, model, how: str, lr: float):
+    """'config': the side's own optimizer section (param groups and AdamW options, as its
+    training would use); 'plain': torch AdamW(lr) over all trainable parameters."""
+    if how == "config":
+        return cfg.optimizer
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
 def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
@@ -142,12 +150,12 @@ class Side:
     """A model, its criterion, postprocessor and AdamW, with timed train and eval steps.
     Each step returns (wall seconds, process CPU seconds)."""
 
-    def __init__(self, name: str, model, criterion, post, lr: float, amp: bool = False):
+    def __init__(self, name: str, model, criterion, post, opt, amp: bool = False):
         self.name, self.model, self.criterion, self.post = name, model, criterion, post
-        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-        self.amp = amp
+        self.opt, self.amp = opt, amp
 
     def train_step(self, images, targets, seed: int) -> Tuple[float, float]:
+        """forward + criterion + backward + optimizer step (no gradient clipping)."""
         self.model.train()
         self.criterion.train()
         torch.manual_seed(seed)
@@ -225,8 +233,10 @@ def summarise(t: Dict[str, List[Tuple[float, float]]]) -> Dict[str, object]:
 def run_size(size: int, args, upstream_cfg_cls, root: str) -> Dict[str, object]:
     eval_size = [size, size]      # upstream's eval mode needs it equal to the input size
     torch.manual_seed(args.seed)
-    up_model, up_crit, up_post = build_upstream(upstream_cfg_cls, root, eval_size)
-    our_model, our_crit, our_post = build_ours(eval_size)
+    up_cfg = build_upstream(upstream_cfg_cls, root, eval_size)
+    our_cfg = build_ours(eval_size)
+    up_model, up_crit, up_post = up_cfg.model, up_cfg.criterion, up_cfg.postprocessor
+    our_model, our_crit, our_post = our_cfg.model, our_cfg.criterion, our_cfg.postprocessor
     n_keys = copy_weights(up_model, our_model)
     if not getattr(our_crit, "icr", None) or not our_crit.icr.active:
         raise SystemExit(f"compare_upstream: ICR is not active in {OUR_CONFIG}")
@@ -236,8 +246,10 @@ def run_size(size: int, args, upstream_cfg_cls, root: str) -> Dict[str, object]:
     targets = random_targets(args.batch, args.pairs, gen)
     sizes = torch.tensor([[size, size]] * args.batch)
 
-    ours = Side("ours", our_model, our_crit, our_post, args.lr, args.amp)
-    up = Side("upstream", up_model, up_crit, up_post, args.lr, args.amp)
+    ours = Side("ours", our_model, our_crit, our_post,
+                make_optimizer(our_cfg, our_model, args.optimizer, args.lr), args.amp)
+    up = Side("upstream", up_model, up_crit, up_post,
+              make_optimizer(up_cfg, up_model, args.optimizer, args.lr), args.amp)
     parity = eval_parity(ours, up, images, sizes)      # before training changes the weights
 
     steps = {}
@@ -286,7 +298,10 @@ def main(argv=None):
     ap.add_argument("--mode", choices=["train", "eval", "both"], default="both")
     ap.add_argument("--pairs", type=int, default=5, help="plate/vehicle pairs per image")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    ap.add_argument("--optimizer", choices=["config", "plain"], default="config",
+                    help="config: each side's own optimizer section (param groups, AdamW "
+                         "options); plain: torch AdamW(--lr) on all parameters for both")
+    ap.add_argument("--lr", type=float, default=1e-4, help="learning rate with --optimizer plain")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--amp", action="store_true",
                     help="train forward of both sides under CPU bf16 autocast (what both engines "
@@ -300,7 +315,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     meta = {"upstream": root, "batch": args.batch, "rounds": args.rounds, "warmup": args.warmup,
             "threads": torch.get_num_threads(), "device": "cpu", "pairs": args.pairs,
-            "amp": args.amp, "lr": args.lr, "seed": args.seed,
+            "amp": args.amp, "optimizer": args.optimizer, "seed": args.seed,
             "torch": torch.__version__, "python": platform.python_version(),
             "processor": platform.processor() or platform.machine(), "our_config": OUR_CONFIG}
     results = []
