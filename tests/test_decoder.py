@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from rtdetrv2_icr.nn.anchors import generate_anchors
 from rtdetrv2_icr.nn.attention import MSDeformableAttention, deformable_sample
 from rtdetrv2_icr.nn.common import MLP
-from rtdetrv2_icr.nn.anchors import generate_anchors
 from rtdetrv2_icr.nn.decoder import RTDETRTransformerv2
 from rtdetrv2_icr.nn.denoising import build_denoising_group, denoising_attn_mask
 from rtdetrv2_icr.nn.postprocessor import MSCOCO_CATEGORY_IDS, RTDETRPostProcessor

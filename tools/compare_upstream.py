@@ -26,6 +26,7 @@ both training engines do on a CPU with ``use_amp``.
 Timings depend on the machine and on whatever else runs on it: measure on a quiet machine.
 Nothing of upstream is copied into this project; the tests never need it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,36 +57,49 @@ def resolve_upstream(path: str) -> str:
     """The ``rtdetrv2_pytorch`` directory from ``path`` (that directory or the repository root)."""
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
-        raise SystemExit(f"compare_upstream: --upstream {path} is not a directory; give the "
-                         f"rtdetrv2_pytorch directory of an RT-DETR checkout")
+        raise SystemExit(
+            f"compare_upstream: --upstream {path} is not a directory; give the "
+            f"rtdetrv2_pytorch directory of an RT-DETR checkout"
+        )
     for candidate in (path, os.path.join(path, "rtdetrv2_pytorch")):
-        if os.path.isfile(os.path.join(candidate, UPSTREAM_CONFIG)) \
-                and os.path.isfile(os.path.join(candidate, "src", "core", "yaml_config.py")):
+        if os.path.isfile(os.path.join(candidate, UPSTREAM_CONFIG)) and os.path.isfile(
+            os.path.join(candidate, "src", "core", "yaml_config.py")
+        ):
             return candidate
-    raise SystemExit(f"compare_upstream: --upstream {path} is not upstream's rtdetrv2_pytorch "
-                     f"directory (expected {UPSTREAM_CONFIG} and src/core/yaml_config.py in it)")
+    raise SystemExit(
+        f"compare_upstream: --upstream {path} is not upstream's rtdetrv2_pytorch "
+        f"directory (expected {UPSTREAM_CONFIG} and src/core/yaml_config.py in it)"
+    )
 
 
 def import_upstream(root: str):
     """Import upstream's package (named ``src``) from ``root``; returns its YAMLConfig class."""
     loaded = sys.modules.get("src")
     if loaded is not None and not os.path.abspath(getattr(loaded, "__file__", "")).startswith(root):
-        raise SystemExit(f"compare_upstream: another package named 'src' is already imported "
-                         f"({loaded.__file__}); run from a clean interpreter")
+        raise SystemExit(
+            f"compare_upstream: another package named 'src' is already imported "
+            f"({loaded.__file__}); run from a clean interpreter"
+        )
     sys.path.insert(0, root)
     try:
-        importlib.import_module("src")          # registers upstream's components
+        importlib.import_module("src")  # registers upstream's components
         return importlib.import_module("src.core").YAMLConfig
     except ImportError as e:
-        raise SystemExit(f"compare_upstream: importing upstream from {root} failed ({e}); "
-                         f"install the packages its requirements.txt lists") from e
+        raise SystemExit(
+            f"compare_upstream: importing upstream from {root} failed ({e}); "
+            f"install the packages its requirements.txt lists"
+        ) from e
 
 
 def build_upstream(upstream_cfg_cls, root: str, eval_size):
     """Upstream's config object (model, criterion, postprocessor, optimizer built lazily)."""
-    return upstream_cfg_cls(os.path.join(root, UPSTREAM_CONFIG), num_classes=NUM_CLASSES,
-                            remap_mscoco_category=False, eval_spatial_size=eval_size,
-                            PResNet={"pretrained": False})
+    return upstream_cfg_cls(
+        os.path.join(root, UPSTREAM_CONFIG),
+        num_classes=NUM_CLASSES,
+        remap_mscoco_category=False,
+        eval_spatial_size=eval_size,
+        PResNet={"pretrained": False},
+    )
 
 
 def build_ours(eval_size):
@@ -106,12 +120,17 @@ def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
     only_up, only_ours = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     shapes = [k for k in set(a) & set(b) if a[k].shape != b[k].shape]
     if only_up or only_ours or shapes:
-        lines = [f"only upstream: {only_up[:10]}{' ...' if len(only_up) > 10 else ''}",
-                 f"only ours: {only_ours[:10]}{' ...' if len(only_ours) > 10 else ''}",
-                 "shape differs: " + ", ".join(f"{k} {tuple(a[k].shape)} vs {tuple(b[k].shape)}"
-                                               for k in sorted(shapes)[:10])]
-        raise SystemExit("compare_upstream: upstream's state_dict does not fit ours:\n  "
-                         + "\n  ".join(lines))
+        lines = [
+            f"only upstream: {only_up[:10]}{' ...' if len(only_up) > 10 else ''}",
+            f"only ours: {only_ours[:10]}{' ...' if len(only_ours) > 10 else ''}",
+            "shape differs: "
+            + ", ".join(
+                f"{k} {tuple(a[k].shape)} vs {tuple(b[k].shape)}" for k in sorted(shapes)[:10]
+            ),
+        ]
+        raise SystemExit(
+            "compare_upstream: upstream's state_dict does not fit ours:\n  " + "\n  ".join(lines)
+        )
     dst.load_state_dict(a, strict=True)
     return len(a)
 
@@ -126,11 +145,13 @@ def random_targets(batch: int, pairs: int, gen: torch.Generator) -> List[dict]:
         v_wh = torch.rand(pairs, 2, generator=gen) * 0.2 + 0.1
         p_wh = v_wh * torch.tensor([0.25, 0.12])
         p_c = v_c + (torch.rand(pairs, 2, generator=gen) - 0.5) * (v_wh - p_wh) * 0.8
-        out.append({
-            "boxes": torch.cat([torch.cat([p_c, p_wh], 1), torch.cat([v_c, v_wh], 1)]),
-            "labels": torch.cat([torch.zeros(pairs), torch.ones(pairs)]).long(),
-            "parent_idx": torch.cat([torch.arange(pairs) + pairs, torch.full((pairs,), -1)]),
-        })
+        out.append(
+            {
+                "boxes": torch.cat([torch.cat([p_c, p_wh], 1), torch.cat([v_c, v_wh], 1)]),
+                "labels": torch.cat([torch.zeros(pairs), torch.ones(pairs)]).long(),
+                "parent_idx": torch.cat([torch.arange(pairs) + pairs, torch.full((pairs,), -1)]),
+            }
+        )
     return out
 
 
@@ -193,13 +214,15 @@ def eval_parity(ours: Side, up: Side, images, sizes) -> Dict[str, float]:
     diff = {k: (o_raw[k] - u_raw[k]).abs().max().item() for k in ("pred_logits", "pred_boxes")}
     for k in ("scores", "boxes"):
         diff[f"post_{k}"] = max((a[k] - b[k]).abs().max().item() for a, b in zip(o_det, u_det))
-    diff["post_labels_equal"] = all(torch.equal(a["labels"], b["labels"])
-                                    for a, b in zip(o_det, u_det))
+    diff["post_labels_equal"] = all(
+        torch.equal(a["labels"], b["labels"]) for a, b in zip(o_det, u_det)
+    )
     return diff
 
 
-def interleave(steps: Dict[str, Tuple[Callable[[int], Tuple[float, float]], ...]],
-               rounds: int, warmup: int) -> Dict[str, Dict[str, List[Tuple[float, float]]]]:
+def interleave(
+    steps: Dict[str, Tuple[Callable[[int], Tuple[float, float]], ...]], rounds: int, warmup: int
+) -> Dict[str, Dict[str, List[Tuple[float, float]]]]:
     """Per round and phase: ours, then upstream. Returns {phase: {ours: [...], upstream: [...]}}
     of (wall, cpu) seconds."""
     times = {phase: {"ours": [], "upstream": []} for phase in steps}
@@ -221,17 +244,22 @@ def summarise(t: Dict[str, List[Tuple[float, float]]]) -> Dict[str, object]:
         ours = [x[k] for x in t["ours"]]
         up = [x[k] for x in t["upstream"]]
         ratios = [a / b for a, b in zip(ours, up)]
-        out.update({f"{clock}ours_ms": 1000 * statistics.median(ours),
-                    f"{clock}upstream_ms": 1000 * statistics.median(up),
-                    f"{clock}ratio": statistics.median(ratios),
-                    f"{clock}ratio_min": min(ratios), f"{clock}ratio_max": max(ratios),
-                    f"{clock}ours_all_ms": [1000 * x for x in ours],
-                    f"{clock}upstream_all_ms": [1000 * x for x in up]})
+        out.update(
+            {
+                f"{clock}ours_ms": 1000 * statistics.median(ours),
+                f"{clock}upstream_ms": 1000 * statistics.median(up),
+                f"{clock}ratio": statistics.median(ratios),
+                f"{clock}ratio_min": min(ratios),
+                f"{clock}ratio_max": max(ratios),
+                f"{clock}ours_all_ms": [1000 * x for x in ours],
+                f"{clock}upstream_all_ms": [1000 * x for x in up],
+            }
+        )
     return out
 
 
 def run_size(size: int, args, upstream_cfg_cls, root: str) -> Dict[str, object]:
-    eval_size = [size, size]      # upstream's eval mode needs it equal to the input size
+    eval_size = [size, size]  # upstream's eval mode needs it equal to the input size
     torch.manual_seed(args.seed)
     up_cfg = build_upstream(upstream_cfg_cls, root, eval_size)
     our_cfg = build_ours(eval_size)
@@ -246,51 +274,79 @@ def run_size(size: int, args, upstream_cfg_cls, root: str) -> Dict[str, object]:
     targets = random_targets(args.batch, args.pairs, gen)
     sizes = torch.tensor([[size, size]] * args.batch)
 
-    ours = Side("ours", our_model, our_crit, our_post,
-                make_optimizer(our_cfg, our_model, args.optimizer, args.lr), args.amp)
-    up = Side("upstream", up_model, up_crit, up_post,
-              make_optimizer(up_cfg, up_model, args.optimizer, args.lr), args.amp)
-    parity = eval_parity(ours, up, images, sizes)      # before training changes the weights
+    ours = Side(
+        "ours",
+        our_model,
+        our_crit,
+        our_post,
+        make_optimizer(our_cfg, our_model, args.optimizer, args.lr),
+        args.amp,
+    )
+    up = Side(
+        "upstream",
+        up_model,
+        up_crit,
+        up_post,
+        make_optimizer(up_cfg, up_model, args.optimizer, args.lr),
+        args.amp,
+    )
+    parity = eval_parity(ours, up, images, sizes)  # before training changes the weights
 
     steps = {}
     if args.mode in ("train", "both"):
-        steps["train"] = (lambda s: ours.train_step(images, targets, s),
-                          lambda s: up.train_step(images, targets, s))
+        steps["train"] = (
+            lambda s: ours.train_step(images, targets, s),
+            lambda s: up.train_step(images, targets, s),
+        )
     if args.mode in ("eval", "both"):
-        steps["eval"] = (lambda s: ours.eval_step(images, sizes, s),
-                         lambda s: up.eval_step(images, sizes, s))
+        steps["eval"] = (
+            lambda s: ours.eval_step(images, sizes, s),
+            lambda s: up.eval_step(images, sizes, s),
+        )
     times = interleave(steps, args.rounds, args.warmup)
-    result = {"size": size, "eval_spatial_size": eval_size, "state_dict_keys": n_keys,
-              "eval_parity_max_abs_diff": parity}
+    result = {
+        "size": size,
+        "eval_spatial_size": eval_size,
+        "state_dict_keys": n_keys,
+        "eval_parity_max_abs_diff": parity,
+    }
     result.update({phase: summarise(t) for phase, t in times.items()})
     return result
 
 
 def markdown(results: List[dict], meta: dict) -> str:
     amp = ", train forward under bf16 autocast (--amp)" if meta["amp"] else ""
-    lines = [f"RT-DETRv2-R18, batch {meta['batch']}, {NUM_CLASSES} classes, "
-             f"{meta['threads']} threads, {meta['rounds']} rounds (+{meta['warmup']} warm-up), "
-             f"{meta['device']}{amp}; ours: ICR on; upstream: its baseline criterion. "
-             f"Ratio: median over rounds of ours / upstream (min-max).",
-             "",
-             "| size | phase | ours ms | upstream ms | ours / upstream | CPU-time ratio |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"RT-DETRv2-R18, batch {meta['batch']}, {NUM_CLASSES} classes, "
+        f"{meta['threads']} threads, {meta['rounds']} rounds (+{meta['warmup']} warm-up), "
+        f"{meta['device']}{amp}; ours: ICR on; upstream: its baseline criterion. "
+        f"Ratio: median over rounds of ours / upstream (min-max).",
+        "",
+        "| size | phase | ours ms | upstream ms | ours / upstream | CPU-time ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         for phase in ("train", "eval"):
             if phase in r:
                 s = r[phase]
-                lines.append(f"| {r['size']} | {phase} | {s['ours_ms']:.1f} | "
-                             f"{s['upstream_ms']:.1f} | {s['ratio']:.3f} "
-                             f"({s['ratio_min']:.3f}-{s['ratio_max']:.3f}) | "
-                             f"{s['cpu_ratio']:.3f} |")
+                lines.append(
+                    f"| {r['size']} | {phase} | {s['ours_ms']:.1f} | "
+                    f"{s['upstream_ms']:.1f} | {s['ratio']:.3f} "
+                    f"({s['ratio_min']:.3f}-{s['ratio_max']:.3f}) | "
+                    f"{s['cpu_ratio']:.3f} |"
+                )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--upstream", required=True,
-                    help="upstream's rtdetrv2_pytorch directory (or the RT-DETR checkout root)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--upstream",
+        required=True,
+        help="upstream's rtdetrv2_pytorch directory (or the RT-DETR checkout root)",
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[320, 640], help="square input sizes")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (median over them)")
@@ -298,14 +354,21 @@ def main(argv=None):
     ap.add_argument("--mode", choices=["train", "eval", "both"], default="both")
     ap.add_argument("--pairs", type=int, default=5, help="plate/vehicle pairs per image")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--optimizer", choices=["config", "plain"], default="config",
-                    help="config: each side's own optimizer section (param groups, AdamW "
-                         "options); plain: torch AdamW(--lr) on all parameters for both")
+    ap.add_argument(
+        "--optimizer",
+        choices=["config", "plain"],
+        default="config",
+        help="config: each side's own optimizer section (param groups, AdamW "
+        "options); plain: torch AdamW(--lr) on all parameters for both",
+    )
     ap.add_argument("--lr", type=float, default=1e-4, help="learning rate with --optimizer plain")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--amp", action="store_true",
-                    help="train forward of both sides under CPU bf16 autocast (what both engines "
-                         "do with use_amp on a CPU); eval stays fp32")
+    ap.add_argument(
+        "--amp",
+        action="store_true",
+        help="train forward of both sides under CPU bf16 autocast (what both engines "
+        "do with use_amp on a CPU); eval stays fp32",
+    )
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args(argv)
 
@@ -313,11 +376,22 @@ def main(argv=None):
     upstream_cfg_cls = import_upstream(root)
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = {"upstream": root, "batch": args.batch, "rounds": args.rounds, "warmup": args.warmup,
-            "threads": torch.get_num_threads(), "device": "cpu", "pairs": args.pairs,
-            "amp": args.amp, "optimizer": args.optimizer, "seed": args.seed,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(), "our_config": OUR_CONFIG}
+    meta = {
+        "upstream": root,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "pairs": args.pairs,
+        "amp": args.amp,
+        "optimizer": args.optimizer,
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "our_config": OUR_CONFIG,
+    }
     results = []
     for size in args.sizes:
         r = run_size(size, args, upstream_cfg_cls, root)
