@@ -110,6 +110,10 @@ def make_optimizer(cfg, model, how: str, lr: float):
     """'config': the side's own optimizer section (param groups and AdamW options, as its
     training would use); 'plain': torch AdamW(lr) over all trainable parameters."""
     if how == "config":
+        if isinstance(cfg, YAMLConfig):  # ours: the engine builds the training pieces
+            from rtdetrv2_icr.engine.builders import build_optimizer
+
+            return build_optimizer(cfg, model)
         return cfg.optimizer
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 

@@ -206,6 +206,7 @@ def wrap_model(
         model = torch.compile(model)
     if get_world_size() == 1:
         return model
+    model.train()  # parameters in their training layout before DDP lays out its gradient buckets
     if sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernels; plain BN there
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
