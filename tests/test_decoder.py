@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from rtdetrv2_icr.nn.anchors import generate_anchors
 from rtdetrv2_icr.nn.attention import MSDeformableAttention, deformable_sample
 from rtdetrv2_icr.nn.common import MLP
 from rtdetrv2_icr.nn.decoder import RTDETRTransformerv2
@@ -289,7 +290,7 @@ def test_decoder_eval_outputs_and_eval_idx():
 
 def test_decoder_cached_anchors_match_generated_ones():
     model = _decoder()
-    anchors, valid = model._generate_anchors(SHAPES)
+    anchors, valid = generate_anchors(SHAPES, model.eps)
     assert torch.equal(model.anchors, anchors) and torch.equal(model.valid_mask, valid)
     assert model.anchors.shape == (1, sum(h * w for h, w in SHAPES), 4)
     assert torch.isinf(model.anchors[~model.valid_mask.expand_as(model.anchors)]).all()
@@ -422,3 +423,26 @@ def test_postprocessor_softmax_branch():
     assert res[0]["scores"].tolist() == pytest.approx(
         logits[0, :2].softmax(-1).max(-1).values.flip(0).tolist()
     )
+
+
+def test_proposals_on_selected_rows_equal_gathering_after_all_rows():
+    """The encoder heads run on the Q selected cells only; that must equal running them on every
+    cell and gathering afterwards (the reference path), in eval and in training."""
+    from rtdetrv2_icr.nn.decoder import _pick
+
+    model = _decoder()
+    memory, shapes = model._flatten_features(_feats())
+    for training in (False, True):
+        model.train(training)
+        content, ref_unact, enc_out = model._proposals(memory, shapes)
+        anchors, valid = model._anchors_for(shapes, memory.device)
+        mem = valid.to(memory.dtype) * memory
+        feat = model.enc_output(mem)
+        logits = model.enc_score_head(feat)
+        boxes = model.enc_bbox_head(feat) + anchors
+        idx = model._select_topk(logits, QUERIES)
+        assert torch.equal(content, _pick(feat, idx).detach())
+        assert torch.equal(ref_unact, _pick(boxes, idx).detach())
+        if training:
+            assert torch.equal(enc_out["pred_logits"], _pick(logits, idx))
+            assert torch.equal(enc_out["pred_boxes"], _pick(boxes, idx).sigmoid())

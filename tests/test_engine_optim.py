@@ -234,3 +234,34 @@ def test_load_checkpoint_refuses_code_but_accepts_upstream_counter(tmp_path):
         ok,
     )
     assert ck.load_checkpoint(ok)["lr_scheduler"]["milestones"] == {1000: 1}
+
+
+def test_loader_keeps_workers_unless_an_epoch_policy_needs_them():
+    from rtdetrv2_icr.data import BatchImageCollateFunction, Compose
+    from rtdetrv2_icr.engine.builders import _epoch_dependent
+
+    class DS:
+        def __init__(self, transforms):
+            self.transforms = transforms
+
+    plain = DS(Compose([{"type": "ConvertPILImage"}]))
+    stop = DS(
+        Compose(
+            [{"type": "ConvertPILImage"}],
+            policy={"name": "stop_epoch", "epoch": 5, "ops": ["ConvertPILImage"]},
+        )
+    )
+    fixed = BatchImageCollateFunction(scales=None)
+    multi = BatchImageCollateFunction(scales=[64, 96], stop_epoch=5)
+    assert not _epoch_dependent(plain, fixed, 10)
+    assert _epoch_dependent(stop, fixed, 10) and not _epoch_dependent(stop, fixed, 5)
+    assert _epoch_dependent(plain, multi, 10) and not _epoch_dependent(plain, multi, 3)
+    assert not _epoch_dependent(plain, BatchImageCollateFunction(scales=[64, 96]), 10)
+
+
+def test_compile_option_wraps_for_training_and_evaluation_stays_eager():
+    from rtdetrv2_icr.engine import dist
+
+    m = nn.Linear(3, 2)
+    wrapped = dist.wrap_model(m, torch.device("cpu"), compile=True)
+    assert wrapped is not m and dist.unwrap_model(wrapped) is m

@@ -146,6 +146,11 @@ def build_dataloader(cfg, name: str, shuffle: Optional[bool] = None) -> tud.Data
         dataset, num_replicas=world, rank=dist.get_rank(), shuffle=do_shuffle, seed=seed
     )
     generator, worker_init = loader_seeding(seed)
+    if spec.get("num_workers", 0) > 0 and "persistent_workers" not in spec:
+        # workers hold copies of the dataset and collate: keep them across epochs unless an
+        # epoch-dependent policy (stop_epoch) must reach them at each epoch
+        spec["persistent_workers"] = not _epoch_dependent(dataset, collate, cfg.get("epoches"))
+    spec.setdefault("pin_memory", torch.cuda.is_available())
     try:
         loader = tud.DataLoader(
             dataset,
@@ -160,6 +165,17 @@ def build_dataloader(cfg, name: str, shuffle: Optional[bool] = None) -> tud.Data
         raise ConfigError(f"{name}: {e}") from e
     loader.shuffle = do_shuffle  # type: ignore[attr-defined]
     return loader
+
+
+def _epoch_dependent(dataset, collate, epochs) -> bool:
+    """Does a stop_epoch policy of the transforms or the multi-scale collate switch something
+    off within the run?"""
+    policy = getattr(getattr(dataset, "transforms", None), "policy", None) or {}
+    stops = [policy.get("epoch")] if policy.get("name") == "stop_epoch" else []
+    if getattr(collate, "scales", None):
+        stops.append(getattr(collate, "stop_epoch", None))
+    last = int(epochs or 10**9)
+    return any(s is not None and s < last for s in stops)
 
 
 def set_epoch(loader: tud.DataLoader, epoch: int) -> None:

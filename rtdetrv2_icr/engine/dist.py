@@ -198,10 +198,15 @@ def wrap_model(
     device: torch.device,
     sync_bn: bool = False,
     find_unused_parameters: bool = False,
+    compile: bool = False,
 ) -> nn.Module:
-    """DDP-wrap `model` when more than one process trains; otherwise return it unchanged."""
+    """DDP-wrap `model` when more than one process trains (otherwise it is returned as is);
+    with ``compile``, `torch.compile` it first (the evaluation keeps the eager module)."""
+    if compile:
+        model = torch.compile(model)
     if get_world_size() == 1:
         return model
+    model.train()  # parameters in their training layout before DDP lays out its gradient buckets
     if sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernels; plain BN there
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None

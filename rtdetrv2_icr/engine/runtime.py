@@ -25,6 +25,7 @@ They are top-level config keys (``configs/runtime.yml`` holds the component sect
     eval_tensorboard        tools/eval.py: also write TensorBoard summaries
     seed, device            random seed (each rank adds its rank); cpu | cuda | cuda:N
     deterministic           deterministic algorithms and seeded loaders: repeatable runs
+    compile                 torch.compile the model for training (evaluation runs eager)
     num_threads             torch CPU threads (default: torch's choice)
     resume, tuning          checkpoint to resume from / to fine-tune from (tools/train.py -r / -t)
 """
@@ -64,6 +65,7 @@ class RuntimeSettings:
     eval_tensorboard: bool = False
     seed: Optional[int] = 0
     deterministic: bool = False
+    compile: bool = False
     num_threads: Optional[int] = None
     device: Optional[str] = None
     resume: Optional[str] = None

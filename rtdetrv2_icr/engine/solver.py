@@ -68,7 +68,7 @@ class Trainer:
         self.criterion = cfg.criterion.to(self.device)
         self.postprocessor = cfg.postprocessor.to(self.device)
         self.model = dist.wrap_model(
-            model, self.device, sync_bn=rt.sync_bn, find_unused_parameters=rt.find_unused_parameters
+            model, self.device, rt.sync_bn, rt.find_unused_parameters, rt.compile
         )
         self.amp_dtype = builders.amp_dtype(cfg, self.device)
         self.scaler = builders.build_scaler(cfg, self.device, self.amp_dtype)

@@ -203,16 +203,13 @@ class RTDETRCriterionv2(nn.Module):
         return losses
 
     def match_stages(self, outputs: dict, targets: List[dict], num_boxes: float) -> List[Stage]:
-        """Every scored head output with its matching, in upstream's order final, aux, dn, enc."""
+        """Every scored head output with its matching, in upstream's order final, aux, dn, enc.
+        The Hungarian stages are matched together (`HungarianMatcher.match_many`)."""
         main = {k: v for k, v in outputs.items() if "aux" not in k}
         self._check_classes(main, self.num_classes, "pred_logits")
-        indices = self.matcher(main, targets)["indices"]
-        stages = [Stage("final", "", main, indices, num_boxes)]
+        stages = [Stage("final", "", main, None, num_boxes)]
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            if not self.share_matched_indices:
-                indices = self.matcher(aux, targets)["indices"]
-            stages.append(Stage("aux", f"_aux_{i}", aux, indices, num_boxes))
-
+            stages.append(Stage("aux", f"_aux_{i}", aux, None, num_boxes))
         if "dn_aux_outputs" in outputs:
             if "dn_meta" not in outputs:
                 raise KeyError("outputs have 'dn_aux_outputs' but no 'dn_meta'")
@@ -222,23 +219,26 @@ class RTDETRCriterionv2(nn.Module):
                 stages.append(
                     Stage("dn", f"_dn_{i}", aux, dn_idx, num_boxes * meta["dn_num_group"])
                 )
-
+        enc_targets = targets
         if "enc_aux_outputs" in outputs:
             if "enc_meta" not in outputs:
                 raise KeyError("outputs have 'enc_aux_outputs' but no 'enc_meta'")
             agnostic = bool(outputs["enc_meta"].get("class_agnostic", False))
-            # class-agnostic proposals are matched and scored as the single class 'object'
-            enc_targets = (
-                [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
-                if agnostic
-                else targets
-            )
+            if agnostic:  # class-agnostic proposals are matched and scored as the class 'object'
+                enc_targets = [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
             for i, aux in enumerate(outputs["enc_aux_outputs"]):
                 self._check_classes(
                     aux, 1 if agnostic else self.num_classes, f"enc_aux_outputs[{i}]"
                 )
-                indices = self.matcher(aux, enc_targets)["indices"]
-                stages.append(Stage("enc", f"_enc_{i}", aux, indices, num_boxes, agnostic))
+                stages.append(Stage("enc", f"_enc_{i}", aux, None, num_boxes, agnostic))
+        shared = self.share_matched_indices
+        todo = [st for st in stages if st.indices is None and not (shared and st.kind == "aux")]
+        jobs = [(st.outputs, enc_targets if st.kind == "enc" else targets) for st in todo]
+        for st, indices in zip(todo, self.matcher.match_many(jobs)):
+            st.indices = indices
+        for st in stages:
+            if st.indices is None:  # aux layers sharing the final layer's matching
+                st.indices = stages[0].indices
         return stages
 
     # ---- pairs and box terms --------------------------------------------------------------

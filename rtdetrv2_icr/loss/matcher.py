@@ -10,7 +10,7 @@ built at once ([B·Q, ΣT]) and split per image for scipy's linear_sum_assignmen
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -76,23 +76,39 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: Dict[str, torch.Tensor], targets: List[dict]):
-        device = outputs["pred_logits"].device
-        sizes = [len(t["boxes"]) for t in targets]
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        if sum(sizes) == 0:
-            return {"indices": [(empty, empty) for _ in targets]}
+        return {"indices": self.match_many([(outputs, targets)])[0]}
 
-        cost = self.cost_matrix(outputs, targets).cpu()
-        indices = []
-        for i, block in enumerate(cost.split(sizes, dim=-1)):  # block: [B, Q, T_i]
-            if sizes[i] == 0:
-                indices.append((empty, empty))
-                continue
-            rows, cols = linear_sum_assignment(block[i].numpy())
-            indices.append(
-                (
-                    torch.as_tensor(rows, dtype=torch.int64, device=device),
-                    torch.as_tensor(cols, dtype=torch.int64, device=device),
+    @torch.no_grad()
+    def match_many(self, jobs: List[Tuple[Dict[str, torch.Tensor], List[dict]]]):
+        """Match several head outputs at once: [(outputs, targets)] -> per job, per image
+        (query_idx, target_idx). The per-image cost blocks of every job go to the host in one
+        transfer (one device sync per criterion call on a GPU), then scipy solves each block."""
+        blocks, shapes, results = [], [], []
+        for outputs, targets in jobs:
+            sizes = [len(t["boxes"]) for t in targets]
+            if sum(sizes):
+                cost = self.cost_matrix(outputs, targets)  # [B, Q, ΣT]
+                for i, block in enumerate(cost.split(sizes, dim=-1)):  # [B, Q, T_i]
+                    if sizes[i]:
+                        blocks.append(block[i].reshape(-1))
+                        shapes.append(block[i].shape)
+        host = torch.cat(blocks).cpu().split([a * b for a, b in shapes]) if blocks else []
+        k = 0
+        for outputs, targets in jobs:
+            device = outputs["pred_logits"].device
+            empty = torch.zeros(0, dtype=torch.int64, device=device)
+            indices = []
+            for t in targets:
+                if len(t["boxes"]) == 0:
+                    indices.append((empty, empty))
+                    continue
+                rows, cols = linear_sum_assignment(host[k].view(shapes[k]).numpy())
+                k += 1
+                indices.append(
+                    (
+                        torch.as_tensor(rows, dtype=torch.int64, device=device),
+                        torch.as_tensor(cols, dtype=torch.int64, device=device),
+                    )
                 )
-            )
-        return {"indices": indices}
+            results.append(indices)
+        return results

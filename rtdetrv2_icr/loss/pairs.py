@@ -96,12 +96,8 @@ def gather_pairs(stages: List[Stage], batch: TargetBatch) -> Pairs:
     sid, b, q, t, boxes, bounds = [], [], [], [], [], [0]
     for s, st in enumerate(stages):
         qs = torch.cat([src for src, _ in st.indices]).to(device)
-        bs = torch.cat(
-            [
-                torch.full((len(src),), i, dtype=torch.int64, device=device)
-                for i, (src, _) in enumerate(st.indices)
-            ]
-        )
+        counts = torch.tensor([len(src) for src, _ in st.indices], device=device)
+        bs = torch.repeat_interleave(torch.arange(len(st.indices), device=device), counts)
         ts = torch.cat([tgt for _, tgt in st.indices]).to(device) + batch.offsets[bs]
         sid.append(torch.full((len(qs),), s, dtype=torch.int64, device=device))
         b.append(bs), q.append(qs), t.append(ts)

@@ -104,7 +104,7 @@ def get_activation(act: Union[str, nn.Module, None], inplace: bool = True) -> nn
     """Activation module from a name (relu, silu/swish, gelu, leaky_relu, hardsigmoid,
     identity/none) or a module (returned as is). ``None`` gives ``nn.Identity``.
 
-    Modules that support it are made in-place (as RT-DETRv2 does).
+    Modules that support it are made in-place (as RT-DETRv2 does), except SiLU (see below).
     """
     if act is None:
         return nn.Identity()
@@ -123,7 +123,8 @@ def get_activation(act: Union[str, nn.Module, None], inplace: bool = True) -> nn
             f"known: {', '.join(sorted(_ACTIVATIONS))}, identity"
         )
     module = _ACTIVATIONS[key]()
-    if hasattr(module, "inplace"):
+    # SiLU stays out of place: an in-place silu_ makes autograd keep a copy of its input
+    if hasattr(module, "inplace") and key not in ("silu", "swish"):
         module.inplace = inplace
     return module
 

@@ -38,12 +38,20 @@ import torch.nn as nn
 
 from ..core.registry import register
 from ..ops.boxes import inverse_sigmoid
+from .anchors import generate_anchors
 from .cbbl_head import CBBLSettings, DistributionBoxHead
 from .common import MLP, prior_prob_bias
 from .decoder_layer import DecoderStack, TransformerDecoderLayer
 from .denoising import build_denoising_group, check_targets
 
 __all__ = ["RTDETRTransformerv2"]
+
+
+def _pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` [B, Q] of ``t`` [1 or B, S, ...] -> [B, Q, ...]."""
+    t = t.expand(idx.shape[0], *t.shape[1:])
+    index = idx.reshape(*idx.shape, *[1] * (t.dim() - 2)).expand(-1, -1, *t.shape[2:])
+    return t.gather(1, index)
 
 
 @register()
@@ -154,7 +162,7 @@ class RTDETRTransformerv2(nn.Module):
         self.dec_bbox_head = nn.ModuleList(self.build_box_head() for _ in range(num_layers))
 
         if self.eval_spatial_size:  # anchors for the deployment size, saved like upstream
-            anchors, valid_mask = self._generate_anchors(self._eval_shapes())
+            anchors, valid_mask = generate_anchors(self._eval_shapes(), self.eps)
             self.register_buffer("anchors", anchors)
             self.register_buffer("valid_mask", valid_mask)
         self._init_weights()
@@ -222,24 +230,6 @@ class RTDETRTransformerv2(nn.Module):
         h, w = self.eval_spatial_size
         return [[int(h / s), int(w / s)] for s in self.feat_strides]
 
-    def _generate_anchors(self, spatial_shapes, grid_size=0.05, dtype=torch.float32, device="cpu"):
-        """Anchor boxes (inverse-sigmoid cxcywh) at every cell centre, size grid_size * 2**level.
-
-        Returns anchors [1, S, 4] (+inf where invalid) and valid_mask [1, S, 1] (bool): an anchor
-        is valid when all four numbers lie in (eps, 1 - eps).
-        """
-        per_level = []
-        for level, (h, w) in enumerate(spatial_shapes):
-            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-            centre = (torch.stack([xs, ys], dim=-1) + 0.5) / torch.tensor([w, h], dtype=dtype)
-            size = torch.full_like(centre, grid_size * 2.0**level)
-            per_level.append(torch.cat([centre, size], dim=-1).reshape(1, h * w, 4))
-        anchors = torch.cat(per_level, dim=1).to(device)
-        valid = ((anchors > self.eps) & (anchors < 1 - self.eps)).all(-1, keepdim=True)
-        anchors = torch.log(anchors / (1 - anchors))
-        anchors = torch.where(valid, anchors, torch.full_like(anchors, float("inf")))
-        return anchors, valid
-
     def _anchors_for(self, spatial_shapes, device):
         cached = (
             not self.training
@@ -248,7 +238,7 @@ class RTDETRTransformerv2(nn.Module):
         )
         if cached:
             return self.anchors, self.valid_mask
-        return self._generate_anchors(spatial_shapes, device=device)
+        return generate_anchors(spatial_shapes, self.eps, device=device)
 
     # ---------------------------------------------------------------- pieces of forward
     def _flatten_features(self, feats: Sequence[torch.Tensor]):
@@ -284,27 +274,30 @@ class RTDETRTransformerv2(nn.Module):
         """
         anchors, valid = self._anchors_for(spatial_shapes, memory.device)
         memory = valid.to(memory.dtype) * memory  # invalid cells -> 0
-        cell_feat = self.enc_output(memory)  # [B, S, C]
-        cell_logits = self.enc_score_head(cell_feat)  # [B, S, K or 1]
-        delta, extras = self._box_delta(self.enc_bbox_head, cell_feat)
-        cell_box_unact = delta + anchors  # [B, S, 4]
-
-        idx = self._select_topk(cell_logits, self.num_queries)  # [B, Q]
-
-        def pick(t: torch.Tensor) -> torch.Tensor:  # [1 or B, S, ...] -> [B, Q, ...]
-            t = t.expand(idx.shape[0], *t.shape[1:])
-            index = idx.reshape(*idx.shape, *[1] * (t.dim() - 2)).expand(-1, -1, *t.shape[2:])
-            return t.gather(1, index)
-
-        feat_q, logits_q, box_unact_q = pick(cell_feat), pick(cell_logits), pick(cell_box_unact)
+        # Every cell is scored; the heads that matter only for the selected cells (the box head
+        # always; in training also the projection and the score head, with their gradients)
+        # run on those Q rows alone. The heads work row by row, so this equals gathering after
+        # running them on all rows.
+        if self.training:
+            with torch.no_grad():
+                cell_logits = self.enc_score_head(self.enc_output(memory))  # [B, S, K or 1]
+            idx = self._select_topk(cell_logits, self.num_queries)  # [B, Q]
+            feat_q = self.enc_output(_pick(memory, idx))  # [B, Q, C]
+        else:
+            cell_feat = self.enc_output(memory)  # [B, S, C]
+            idx = self._select_topk(self.enc_score_head(cell_feat), self.num_queries)
+            feat_q = _pick(cell_feat, idx)
+        delta, extras = self._box_delta(self.enc_bbox_head, feat_q)
+        anchors_q = _pick(anchors, idx)
+        box_unact_q = delta + anchors_q  # [B, Q, 4]
         enc_out = None
         if self.training:
             enc_out = {
-                "pred_logits": logits_q,
+                "pred_logits": self.enc_score_head(feat_q),
                 "pred_boxes": box_unact_q.sigmoid(),
-                "ref_points": pick(anchors).sigmoid(),
+                "ref_points": anchors_q.sigmoid(),
+                **extras,
             }
-            enc_out.update({k: pick(v) for k, v in extras.items()})
 
         if self.learn_query_content:
             content = self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)

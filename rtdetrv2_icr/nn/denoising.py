@@ -63,11 +63,19 @@ def check_targets(targets, num_classes: int) -> None:
                 f"targets[{i}]: expected labels [N] and boxes [N, 4] (cxcywh), got "
                 f"labels {tuple(labels.shape)} and boxes {tuple(boxes.shape)}"
             )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(
-                f"targets[{i}]['labels'] must lie in [0, {num_classes}), got "
-                f"min {int(labels.min())} max {int(labels.max())}"
-            )
+    labels = torch.cat([t["labels"].reshape(-1) for t in targets]) if targets else None
+    if (
+        labels is not None
+        and labels.numel()
+        and bool(((labels < 0) | (labels >= num_classes)).any())
+    ):
+        for i, t in enumerate(targets):  # one host sync per batch; name the image when it fails
+            lab = t["labels"]
+            if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
+                raise ValueError(
+                    f"targets[{i}]['labels'] must lie in [0, {num_classes}), got "
+                    f"min {int(lab.min())} max {int(lab.max())}"
+                )
 
 
 def denoising_attn_mask(

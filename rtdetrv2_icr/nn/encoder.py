@@ -27,6 +27,13 @@ from .common import ConvNormLayer, CSPRepLayer, RepVggBlock, get_activation
 __all__ = ["sincos_pos_embed_2d", "TransformerEncoderLayer", "TransformerEncoder", "HybridEncoder"]
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``x`` [B, C, H, W] is stored channels-last (and not also contiguous)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def sincos_pos_embed_2d(
     w: int, h: int, embed_dim: int = 256, temperature: float = 10000.0
 ) -> torch.Tensor:
@@ -256,7 +263,14 @@ class HybridEncoder(nn.Module):
                 seq = maps[level].flatten(2).transpose(1, 2)  # [B, h*w, D]
                 pos = self.position_embedding(level, h, w, seq.device)
                 seq = encoder(seq, pos_embed=pos)
-                maps[level] = seq.transpose(1, 2).reshape(b, d, h, w).contiguous()
+                layout = _layout(maps[level])  # keep the input's memory format (channels-last
+                maps[level] = (
+                    seq.transpose(1, 2)
+                    .reshape(b, d, h, w)
+                    .contiguous(  # in training)
+                        memory_format=layout
+                    )
+                )
 
         # top-down: coarsest -> finest. `top` is the running coarse map.
         num_levels = len(maps)

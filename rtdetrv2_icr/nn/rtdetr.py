@@ -24,8 +24,24 @@ class RTDETR(nn.Module):
         """images [B, 3, H, W] -> the decoder's output dict (see ``nn/decoder.py``).
 
         ``targets`` (training only): per image ``labels`` int64 [N] and ``boxes`` cxcywh in [0, 1].
+
+        In training the images (and the conv weights, see ``train``) go channels-last: faster
+        convolutions and gradients on CPUs and GPUs. In eval the layouts are upstream's, so the
+        outputs equal upstream's bit for bit.
         """
+        if self.training:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.encoder(self.backbone(images)), targets)
+
+    def train(self, mode: bool = True) -> "RTDETR":
+        """Also lay the convolution weights out channels-last in training and back in eval (the
+        same Parameter objects: optimiser state and EMA are unaffected)."""
+        super().train(mode)
+        layout = torch.channels_last if mode else torch.contiguous_format
+        for p in self.parameters():
+            if p.dim() == 4 and not p.is_contiguous(memory_format=layout):
+                p.data = p.data.contiguous(memory_format=layout)
+        return self
 
     def deploy(self) -> "RTDETR":
         """Switch to inference with re-parameterised blocks (e.g. RepVGG); returns self.

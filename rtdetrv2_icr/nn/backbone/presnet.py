@@ -250,7 +250,11 @@ class PResNet(nn.Module):
             print(f"PResNet{depth}: loaded pretrained weights")
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)  # [B, 64, H/4, W/4]
+        x = self.conv1(x)
+        if x.is_contiguous():  # max-pooling is faster channels-last and exact in either layout
+            x = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2, 1).contiguous()
+        else:
+            x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # [B, 64, H/4, W/4]
         outs = []
         for i, stage in enumerate(self.res_layers):
             x = stage(x)
