@@ -28,8 +28,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: $(STAMP)
-	$(PY) tools/demo.py
+demo:
+	@start=$$(date +%s); $(MAKE) --no-print-directory install && \
+	$(PY) tools/demo.py --install-seconds $$(( $$(date +%s) - $$start ))
 
 clean:
 	rm -rf $(VENV) output

@@ -122,3 +122,17 @@ def test_scene_statistics_at_640():
     assert len(plates) >= 8 and np.mean(np.array(areas) < 32**2) > 0.6
     assert min(h for _, h in plates) >= 3 and min(w for w, _ in plates) >= 4
     assert np.mean(np.array(vehicles) >= 32**2) > 0.7
+
+
+def test_write_from_section_reuses_its_folder_and_refuses_other_settings(tmp_path):
+    from rtdetrv2_icr.data.synthetic import write_from_section
+
+    section = {"out": str(tmp_path / "s"), "train": 2, "val": 1, "size": 64, "seed": 3}
+    assert write_from_section(section) is True  # drawn
+    listing = sorted(p.name for p in (tmp_path / "s" / "train" / "images").iterdir())
+    assert len(listing) == 2
+    assert write_from_section(section) is False  # same settings: reused as it is
+    with pytest.raises(ValueError, match="drawn with other settings"):
+        write_from_section({**section, "plate_scale": 1.5})
+    with pytest.raises(ValueError, match="unknown key"):
+        write_from_section({**section, "plates": 3})

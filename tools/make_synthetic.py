@@ -1,10 +1,15 @@
 #!/usr/bin/env python
 """Draw the synthetic SVMLP-style dataset (images, COCO json with parent_id, YOLO labels).
 
-python tools/make_synthetic.py --out data/synthetic --train 800 --val 100 --test 100 --seed 0
+    python tools/make_synthetic.py --out data/synthetic --train 800 --val 100 --test 100 --seed 0
+    python tools/make_synthetic.py --out data/small_plates --size 320 --plate-scale 0.6
+
+Every field of the scene configuration is an option (--size, --max-vehicles, --night-prob,
+--max-distractors, --blur-prob, --min-vehicle-px, --plate-scale, --min-plate-px, ...).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -23,21 +28,17 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=100)
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, default=640, help="square image side in pixels")
-    ap.add_argument("--max-vehicles", type=int, default=6, help="vehicles per image: 1..N")
-    ap.add_argument("--night-prob", type=float, default=0.3, help="share of night scenes")
-    ap.add_argument(
-        "--max-distractors", type=int, default=2, help="plate-like signs per image: 0..N"
-    )
+    for f in dataclasses.fields(SceneConfig):
+        ap.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=type(f.default),
+            default=f.default,
+            help=f"scene: {f.name} (default {f.default})",
+        )
     args = ap.parse_args(argv)
     if args.max_vehicles < 1 or args.size < 64:
         ap.error("--max-vehicles must be >= 1 and --size >= 64")
-    cfg = SceneConfig(
-        size=args.size,
-        max_vehicles=args.max_vehicles,
-        night_prob=args.night_prob,
-        max_distractors=args.max_distractors,
-    )
+    cfg = SceneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SceneConfig)})
     total, t0 = 0, time.time()
     for split in ("train", "val", "test"):
         n = getattr(args, split)

@@ -104,7 +104,19 @@ def write_from_section(section: dict) -> bool:
     if unknown:
         raise ValueError(f"synthetic_data: unknown key(s) {unknown}; scene keys: {sorted(fields)}")
     last = [s for s, n in splits.items() if n > 0][-1]
+    record = os.path.join(out, "synthetic_data.json")  # the section the folder was drawn from
+    wanted = {"splits": splits, "seed": seed, "scene": dataclasses.asdict(SceneConfig(**spec))}
     if os.path.isfile(os.path.join(out, "annotations", f"{last}.json")):
+        if os.path.isfile(record):
+            with open(record) as f:
+                drawn = json.load(f)
+            if drawn != wanted:
+                raise ValueError(
+                    f"{out} was drawn with other settings ({record}: {drawn}) than the config's "
+                    f"synthetic_data ({wanted}); delete {out} to redraw, or point `out` elsewhere"
+                )
         return False
     write_dataset(out, splits, seed, SceneConfig(**spec))
+    with open(record, "w") as f:
+        json.dump(wanted, f, indent=1)
     return True
