@@ -222,3 +222,16 @@ def test_target_boxes_to_pixels_for_drawing():
     assert target_boxes_xyxy(norm, 100, 200)[0].tolist() == pytest.approx([80.0, 30.0, 120.0, 70.0])
     img = draw_boxes(torch.zeros(3, 100, 200), target_boxes_xyxy(norm, 100, 200), torch.tensor([1]))
     assert img.dtype == torch.uint8 and img[:, 30, 80:121].sum() > 0 and img[:, 50, 100].sum() == 0
+
+
+def test_image_without_any_result_is_left_out_of_the_metrics():
+    """What `skip_bad_images` relies on: a skipped image never reaches the evaluator (its
+    replacement carries its own id), so its ground truth is not counted as missed."""
+    gt = make_gt()
+    res = noisy_results(gt, noise=0.0, extra=0, score=1.0)
+    skipped = gt["images"][2]["id"]
+    del res[skipped]
+    rep = evaluate(gt, res, "faster")
+    assert rep["num_images"] == 5
+    assert rep["coco"]["AP50"] == pytest.approx(1.0)
+    assert rep["coco"]["AR100"] == pytest.approx(1.0)
