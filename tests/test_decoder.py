@@ -446,3 +446,11 @@ def test_proposals_on_selected_rows_equal_gathering_after_all_rows():
         if training:
             assert torch.equal(enc_out["pred_logits"], _pick(logits, idx))
             assert torch.equal(enc_out["pred_boxes"], _pick(boxes, idx).sigmoid())
+
+
+def test_fewer_encoder_cells_than_queries_is_a_clear_error():
+    feats = _feats()
+    cells = sum(f.shape[-2] * f.shape[-1] for f in feats)
+    model = _decoder(num_queries=cells + 1).eval()
+    with pytest.raises(ValueError, match=f"gives {cells} encoder cells .* num_queries={cells + 1}"):
+        model(feats)

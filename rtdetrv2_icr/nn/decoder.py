@@ -272,6 +272,12 @@ class RTDETRTransformerv2(nn.Module):
         Returns content [B, Q, C] (detached), ref_unact [B, Q, 4] (detached) and, for the
         encoder loss, a dict with the selected logits, boxes, anchors (sigmoid) and extras.
         """
+        if memory.shape[1] < self.num_queries:
+            sizes = ", ".join(f"{int(h)}x{int(w)}" for h, w in spatial_shapes)
+            raise ValueError(
+                f"the input gives {memory.shape[1]} encoder cells (feature maps {sizes}), fewer "
+                f"than num_queries={self.num_queries}: use larger images or fewer queries"
+            )
         anchors, valid = self._anchors_for(spatial_shapes, memory.device)
         memory = valid.to(memory.dtype) * memory  # invalid cells -> 0
         # Every cell is scored; the heads that matter only for the selected cells (the box head
