@@ -81,3 +81,10 @@ def test_degenerate_boxes_finite_values_and_gradients():
         assert torch.isfinite(v) and torch.isfinite(a.grad).all()
     assert torch.allclose(paired_box_iou(a, b)[0][2], torch.tensor(1.0))
     assert paired_generalized_box_iou(a, b)[3] < 0
+
+
+def test_box_xywh_to_xyxy_hand_case():
+    from rtdetrv2_icr.ops.boxes import box_xywh_to_xyxy
+
+    b = torch.tensor([[10.0, 20.0, 5.0, 8.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert box_xywh_to_xyxy(b).tolist() == [[10.0, 20.0, 15.0, 28.0], [0.0, 0.0, 0.0, 0.0]]

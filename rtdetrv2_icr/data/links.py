@@ -10,6 +10,7 @@ from typing import Dict
 
 import torch
 
+from ..ops.boxes import box_xywh_to_xyxy
 from .errors import InvalidAnnotationError, WeakLinkWarning
 from .pairing import containment
 
@@ -94,12 +95,11 @@ def weak_links(kept: Dict[int, dict], link: Dict[int, int], min_containment: flo
     if not pairs:
         return []
 
-    def xyxy(a):
-        x, y, w, h = a["bbox"]
-        return [x, y, x + w, y + h]
+    def xyxy(ids):  # [L, 4]
+        return box_xywh_to_xyxy(torch.tensor([kept[i]["bbox"] for i in ids], dtype=torch.float64))
 
-    child = torch.tensor([xyxy(kept[c]) for c, _ in pairs], dtype=torch.float64)  # [L, 4]
-    parent = torch.tensor([xyxy(kept[p]) for _, p in pairs], dtype=torch.float64)  # [L, 4]
+    child = xyxy([c for c, _ in pairs])
+    parent = xyxy([p for _, p in pairs])
     c = containment(child, parent).tolist()  # [L]
     return [(a, p, v) for (a, p), v in zip(pairs, c) if v < min_containment]
 

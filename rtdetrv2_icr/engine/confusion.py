@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..ops.boxes import box_iou
+from ..ops.boxes import box_iou, box_xywh_to_xyxy
 
 __all__ = ["confusion_matrix", "coco_confusion_matrix"]
 
@@ -86,9 +86,10 @@ def confusion_matrix(
     return m
 
 
-def _xyxy(xywh: Iterable[float]) -> list:
-    x, y, w, h = (float(v) for v in xywh)
-    return [x, y, x + w, y + h]
+def _xyxy(items: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """[N, 4] xyxy of the ``bbox`` (COCO xywh) of annotations or results."""
+    xywh = torch.tensor([[float(v) for v in it["bbox"]] for it in items], dtype=torch.float64)
+    return box_xywh_to_xyxy(xywh.reshape(-1, 4)).numpy()
 
 
 def coco_confusion_matrix(
@@ -116,17 +117,17 @@ def coco_confusion_matrix(
     total = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
     for img in sorted(ids):
         g = [a for a in gts[img] if not a.get("iscrowd", 0)]
-        crowd = [_xyxy(a["bbox"]) for a in gts[img] if a.get("iscrowd", 0)]
+        crowd = [a for a in gts[img] if a.get("iscrowd", 0)]
         d = dets[img]
         total += confusion_matrix(
-            np.array([_xyxy(a["bbox"]) for a in g]).reshape(-1, 4),
+            _xyxy(g),
             [category_to_label[int(a["category_id"])] for a in g],
-            np.array([_xyxy(r["bbox"]) for r in d]).reshape(-1, 4),
+            _xyxy(d),
             [category_to_label[int(r["category_id"])] for r in d],
             [float(r["score"]) for r in d],
             num_classes,
             iou_thr,
             score_thr,
-            np.array(crowd).reshape(-1, 4) if crowd else None,
+            _xyxy(crowd) if crowd else None,
         )
     return total

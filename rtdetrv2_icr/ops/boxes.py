@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "box_xywh_to_xyxy",
     "box_cxcywh_to_xyxy",
     "box_xyxy_to_cxcywh",
     "box_area",
@@ -42,6 +43,12 @@ def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """[..., 4] (cx, cy, w, h) -> [..., 4] (x1, y1, x2, y2)."""
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def box_xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """[..., 4] COCO (x, y, w, h) -> [..., 4] (x1, y1, x2, y2)."""
+    xy, wh = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([xy, xy + wh], dim=-1)
 
 
 def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
