@@ -30,6 +30,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from . import dist
+from .atomic import open_atomic
 from .coco_metrics import gt_counts_by_size, recall_by_size, write_report
 from .confusion import coco_confusion_matrix
 from .logger import get_logger
@@ -104,12 +105,10 @@ def update_results_csv(path: str, row: Dict[str, Any]) -> None:
                     rows.append(r)
     fields += [k for k in row if k not in fields]
     rows.append({k: _cell(v) for k, v in row.items()})
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with open_atomic(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def load_results(path: str) -> List[Dict[str, Optional[float]]]:
@@ -152,8 +151,7 @@ def write_predictions(path: str, results: Iterable[Dict[str, Any]]) -> int:
     """A COCO results json (a list of detections, one per line), written as it is read;
     returns the number of detections."""
     n = 0
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with open_atomic(path) as f:
         f.write("[")
         for r in results:
             d = {
@@ -165,7 +163,6 @@ def write_predictions(path: str, results: Iterable[Dict[str, Any]]) -> int:
             f.write(("\n" if n == 0 else ",\n") + json.dumps(d))
             n += 1
         f.write("\n]\n")
-    os.replace(tmp, path)
     return n
 
 

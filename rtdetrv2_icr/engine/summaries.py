@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from . import dist
+from .atomic import open_atomic
 from .logger import TBWriter, get_logger
 from .visualize import gt_vs_pred_grid, target_boxes_xyxy
 
@@ -134,10 +135,8 @@ def append_epoch_record(
     if os.path.isfile(path):
         with open(path) as f:
             lines = [ln for ln in f if _line_epoch(path, ln) < epoch]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with open_atomic(path) as f:
         f.writelines(lines + [json.dumps(rec) + "\n"])
-    os.replace(tmp, path)
 
 
 def _line_epoch(path: str, line: str) -> float:
