@@ -40,29 +40,6 @@ SUITE = {
 }
 
 
-def random_targets(batch: int, num_pairs: int, generator, device):
-    """Per image: ``num_pairs`` vehicles (label 1), each with a plate (label 0) inside it."""
-    import torch
-
-    targets = []
-    for _ in range(batch):
-        vc = torch.rand(num_pairs, 2, generator=generator) * 0.6 + 0.2
-        vwh = torch.rand(num_pairs, 2, generator=generator) * 0.2 + 0.1
-        pwh = vwh * torch.tensor([0.25, 0.12])
-        pc = vc + (torch.rand(num_pairs, 2, generator=generator) - 0.5) * (vwh - pwh) * 0.8
-        boxes = torch.cat([torch.cat([pc, pwh], 1), torch.cat([vc, vwh], 1)])  # plates first
-        labels = torch.cat([torch.zeros(num_pairs), torch.ones(num_pairs)]).long()
-        parent = torch.cat([torch.arange(num_pairs) + num_pairs, torch.full((num_pairs,), -1)])
-        targets.append(
-            {
-                "boxes": boxes.to(device),
-                "labels": labels.to(device),
-                "parent_idx": parent.to(device),
-            }
-        )
-    return targets
-
-
 def _timed(fn, steps: int, warmup: int, sync) -> float:
     for _ in range(warmup):
         fn()
@@ -83,6 +60,7 @@ def measure(config: str, overrides: dict, args) -> dict:
 
     import uav_detr_icr  # noqa: F401  (registers every component)
     from rtdetrv2_icr.core import YAMLConfig, parse_cli
+    from rtdetrv2_icr.data.synthetic.targets import random_pair_targets
     from rtdetrv2_icr.engine.builders import build_optimizer
 
     if args.threads:
@@ -122,7 +100,9 @@ def measure(config: str, overrides: dict, args) -> dict:
     criterion = cfg.criterion.to(device)
     opt = build_optimizer(cfg, model)
     images = torch.rand(2, 3, args.size, args.size, generator=gen).to(device)
-    targets = random_targets(2, args.pairs, gen, device)
+    targets = [
+        {k: v.to(device) for k, v in t.items()} for t in random_pair_targets(2, args.pairs, gen)
+    ]
 
     def train_step():
         losses = criterion(model(images, targets), targets)

@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 import rtdetrv2_icr  # noqa: E402,F401  (registers components)
 from rtdetrv2_icr.core import YAMLConfig  # noqa: E402
+from rtdetrv2_icr.data.synthetic.targets import random_pair_targets  # noqa: E402
 
 OUR_CONFIG = os.path.join(ROOT, "configs", "rtdetrv2", "rtdetrv2_r18vd_svmlp_icr.yml")
 UPSTREAM_CONFIG = os.path.join("configs", "rtdetrv2", "rtdetrv2_r18vd_120e_coco.yml")
@@ -140,25 +141,6 @@ def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-def random_targets(batch: int, pairs: int, gen: torch.Generator) -> List[dict]:
-    """Per image ``pairs`` vehicles (label 1) and as many plates (label 0), each plate inside
-    its vehicle; cxcywh in [0, 1]; ``parent_idx`` links plate -> vehicle (vehicles: -1)."""
-    out = []
-    for _ in range(batch):
-        v_c = torch.rand(pairs, 2, generator=gen) * 0.6 + 0.2
-        v_wh = torch.rand(pairs, 2, generator=gen) * 0.2 + 0.1
-        p_wh = v_wh * torch.tensor([0.25, 0.12])
-        p_c = v_c + (torch.rand(pairs, 2, generator=gen) - 0.5) * (v_wh - p_wh) * 0.8
-        out.append(
-            {
-                "boxes": torch.cat([torch.cat([p_c, p_wh], 1), torch.cat([v_c, v_wh], 1)]),
-                "labels": torch.cat([torch.zeros(pairs), torch.ones(pairs)]).long(),
-                "parent_idx": torch.cat([torch.arange(pairs) + pairs, torch.full((pairs,), -1)]),
-            }
-        )
-    return out
-
-
 # ---- one side -------------------------------------------------------------------------------
 def _float(x):
     """bf16/fp16 tensors of a (nested) output -> fp32 (our Trainer's cast before the criterion)."""
@@ -275,7 +257,7 @@ def run_size(size: int, args, upstream_cfg_cls, root: str) -> Dict[str, object]:
 
     gen = torch.Generator().manual_seed(args.seed)
     images = torch.rand(args.batch, 3, size, size, generator=gen)
-    targets = random_targets(args.batch, args.pairs, gen)
+    targets = random_pair_targets(args.batch, args.pairs, gen)
     sizes = torch.tensor([[size, size]] * args.batch)
 
     ours = Side(
