@@ -195,9 +195,6 @@ class CocoEvaluator:
                     "score": float(score),
                 }
 
-    def _to_coco_results(self, merged: Dict[int, Dict[str, np.ndarray]]) -> List[Dict[str, Any]]:
-        return list(self.iter_coco_results(merged))
-
     # ---- evaluation ------------------------------------------------------------------------
     def summarize(self, split: str = "val", backend: Optional[str] = None) -> Dict[str, Any]:
         """Gather, evaluate and return the report (identical on every rank)."""
@@ -210,7 +207,7 @@ class CocoEvaluator:
         report: Optional[Dict[str, Any]] = None
         if dist.is_main_process():
             self.merged = merged
-            dets = self._to_coco_results(merged)
+            dets = list(self.iter_coco_results(merged))
             gt_ids = {int(im["id"]) for im in self.gt["images"]}
             unknown = [i for i in self.image_ids if i not in gt_ids]
             if unknown:
