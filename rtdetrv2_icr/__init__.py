@@ -1,15 +1,17 @@
-"""ICR-DETR: RT-DETRv2 with the inter-class relational (ICR) penalty.
+"""ICR-DETR: RT-DETRv2 and UAV-DETR with the inter-class relational (ICR) penalty.
 
-Importing the package registers every component (models, losses, datasets,
-transforms, optimisers) so that configs can name them.
+Importing the package registers every component a config can name: models, losses, datasets,
+transforms, collate functions, optimisers and schedulers, the EMA and the evaluator. The stages
+that no config names (predict, experiments, prepare) are imported only where they are used.
 """
 
-from . import (  # noqa: F401
-    core,  # noqa: F401  (registry first)
+from rtdetrv2_icr import (  # noqa: F401
+    core,  # registry first
     data,
-    engine,
+    evaluate,
     loss,
     nn,
+    train,
 )
 
 __version__ = "0.1.0"

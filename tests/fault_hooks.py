@@ -46,10 +46,10 @@ def block_save(n: int) -> None:
 
 
 def raise_in_criterion(rank: int, step: int) -> None:
-    from rtdetrv2_icr.engine import dist
-    from rtdetrv2_icr.engine.solver import Trainer
+    from rtdetrv2_icr.runtime import dist
+    from rtdetrv2_icr.train.trainer import Trainer
 
-    real_setup = Trainer._setup_model
+    real_setup = Trainer.setup_model
 
     def setup(self):
         real_setup(self)
@@ -62,13 +62,13 @@ def raise_in_criterion(rank: int, step: int) -> None:
 
         self.criterion.forward = faulty
 
-    Trainer._setup_model = setup
+    Trainer.setup_model = setup
 
 
 def oracle_update(self, results) -> None:
     """`CocoEvaluator.update` with every ground-truth box of each image added in front of the
     model's detections, with score 1 (a sigmoid score of the model stays below 1)."""
-    from rtdetrv2_icr.engine.evaluator import CocoEvaluator
+    from rtdetrv2_icr.evaluate.evaluator import CocoEvaluator
 
     anns = {}
     for a in self.gt["annotations"]:
@@ -88,7 +88,7 @@ def oracle_update(self, results) -> None:
 
 
 def use_oracle_eval() -> None:
-    from rtdetrv2_icr.engine.evaluator import CocoEvaluator
+    from rtdetrv2_icr.evaluate.evaluator import CocoEvaluator
 
     if not hasattr(CocoEvaluator, "_real_update"):
         CocoEvaluator._real_update = CocoEvaluator.update

@@ -8,7 +8,7 @@ from rtdetrv2_icr.core.registry import ConfigError, create
 from rtdetrv2_icr.loss import iou_family_loss
 from rtdetrv2_icr.loss.criterion import RTDETRCriterionv2
 from rtdetrv2_icr.loss.matcher import HungarianMatcher
-from rtdetrv2_icr.loss.pairs import dn_indices
+from rtdetrv2_icr.loss.matches import dn_indices
 from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 
 MW = {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}

@@ -17,15 +17,14 @@ from rtdetrv2_icr.data import (
     BadImageError,
     CocoDetection,
     InvalidAnnotationError,
-    dataset_statistics,
     displayed_size,
-    format_statistics,
     get_coco_api_from_dataset,
     load_coco_json,
     mscoco_category_to_label,
 )
 from rtdetrv2_icr.data.errors import WeakLinkWarning
 from rtdetrv2_icr.data.images import EXIF_ORIENTATION_TAG, to_rgb
+from rtdetrv2_icr.prepare.stats import dataset_statistics, format_statistics
 
 REL = [{"child": "plate", "parent": "vehicle"}]
 CATS = [{"id": 1, "name": "plate"}, {"id": 2, "name": "vehicle"}]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetrv2_icr.data import CocoDetection, containment, yolo_to_coco
-from rtdetrv2_icr.data.synthetic import SceneConfig, draw_scene, write_dataset
+from rtdetrv2_icr.data import CocoDetection, containment
+from rtdetrv2_icr.prepare.synthetic import SceneConfig, draw_scene, write_dataset
+from rtdetrv2_icr.prepare.yolo import yolo_to_coco
 
 CFG = SceneConfig(size=128, max_vehicles=4, min_vehicle_px=16)
 REL = [{"child": "plate", "parent": "vehicle"}]
@@ -125,7 +126,7 @@ def test_scene_statistics_at_640():
 
 
 def test_write_from_section_reuses_its_folder_and_refuses_other_settings(tmp_path):
-    from rtdetrv2_icr.data.synthetic import write_from_section
+    from rtdetrv2_icr.prepare.synthetic import write_from_section
 
     section = {"out": str(tmp_path / "s"), "train": 2, "val": 1, "size": 64, "seed": 3}
     assert write_from_section(section) is True  # drawn

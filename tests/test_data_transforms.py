@@ -20,7 +20,7 @@ from rtdetrv2_icr.data import (
     parent_idx_is_consistent,
     remap_parent_idx,
 )
-from rtdetrv2_icr.data.synthetic import SceneConfig, write_split
+from rtdetrv2_icr.prepare.synthetic import SceneConfig, write_split
 
 REL = [{"child": "plate", "parent": "vehicle"}]
 TRAIN_OPS = [

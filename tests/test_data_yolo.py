@@ -2,7 +2,6 @@
 statistics."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -15,19 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from rtdetrv2_icr.data import (
-    CocoDetection,
-    InvalidAnnotationError,
-    SceneConfig,
-    assign_parents,
-    dataset_statistics,
+from rtdetrv2_icr.data import CocoDetection, InvalidAnnotationError, assign_parents, load_coco_json
+from rtdetrv2_icr.prepare.stats import dataset_report, dataset_statistics, format_statistics
+from rtdetrv2_icr.prepare.synthetic import SceneConfig, write_split
+from rtdetrv2_icr.prepare.yolo import (
+    PairingWarning,
+    convert_yolo,
     format_pairing_summary,
-    format_statistics,
-    load_coco_json,
-    write_split,
     yolo_to_coco,
 )
-from rtdetrv2_icr.data.yolo import PairingWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = [{"child": "plate", "parent": "vehicle"}]
@@ -51,15 +46,12 @@ B = [
 ]
 
 
-def run_tool(name, argv):
-    """Run tools/<name>'s main(argv) in this process (a new interpreter would re-import torch)."""
-    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, "tools", name))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def capture(fn, *args, **kwargs):
+    """Whatever ``fn`` prints, with its return value printed after it."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        mod.main(argv)
-    return buf.getvalue()
+        out = fn(*args, **kwargs)
+    return buf.getvalue() + (out if isinstance(out, str) else "")
 
 
 def make_yolo(tmp_path, files=None):
@@ -113,20 +105,8 @@ def test_importer_json_loads_in_pycocotools_and_dataset(tmp_path):
     out = tmp_path / "ann" / "train.json"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the tool prints the summary instead of warning
-        stdout = run_tool(
-            "yolo2coco.py",
-            [
-                "--images",
-                img_dir,
-                "--labels",
-                lbl_dir,
-                "--classes",
-                "plate,vehicle",
-                "--pairing",
-                "containment",
-                "--out",
-                str(out),
-            ],
+        stdout = capture(
+            convert_yolo, img_dir, lbl_dir, ["plate", "vehicle"], str(out), pairing="containment"
         )
     assert "3 images, 10 annotations, 4 with a parent" in stdout
     assert "pairing containment (plate -> vehicle, min containment 0.5): 5 children" in stdout
@@ -186,7 +166,7 @@ def test_dataset_statistics(tmp_path):
     assert st["pairs_inferred"] == 4 and st["pairs_explicit"] == 0
     text = format_statistics(st)
     assert "plate" in text and "pairing (plate -> vehicle)" in text
-    assert text.splitlines()[1] in run_tool("dataset_stats.py", [str(path)])
+    assert text.splitlines()[1] in dataset_report([str(path)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,23 +251,9 @@ def test_strict_order_names_file_and_line(tmp_path):
         r"first: a\.txt:3, b\.txt:1, b\.txt:3\. --pairing auto",
     ):
         yolo_to_coco(img_dir, lbl_dir, ["plate", "vehicle"], pairing="order")
-    # the tool reports it as a one-line error
-    with pytest.raises(SystemExit, match=r"yolo2coco: .*a\.txt:3: plate line is followed"):
-        run_tool(
-            "yolo2coco.py",
-            [
-                "--images",
-                img_dir,
-                "--labels",
-                lbl_dir,
-                "--classes",
-                "plate,vehicle",
-                "--pairing",
-                "order",
-                "--out",
-                str(tmp_path / "x.json"),
-            ],
-        )
+    # the conversion for tools/yolo2coco.py fails the same way, naming file and line
+    with pytest.raises(InvalidAnnotationError, match=r"a\.txt:3: plate line is followed"):
+        convert_yolo(img_dir, lbl_dir, ["plate", "vehicle"], str(tmp_path / "x.json"), "order")
 
 
 def test_min_containment_threshold_of_order_links(tmp_path):

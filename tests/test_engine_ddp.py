@@ -4,7 +4,6 @@ DDP evaluation equal to single-process evaluation (across the two COCO backends)
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -12,7 +11,8 @@ import pytest
 import torch
 from test_engine_train import REPO, make_data, write_config
 
-from rtdetrv2_icr.engine.results import load_results
+from rtdetrv2_icr.evaluate.launch import evaluate_from_config
+from rtdetrv2_icr.train.records import load_results
 
 
 def torchrun(*args, timeout=300, env=None):
@@ -77,21 +77,7 @@ def test_two_process_train_and_eval(tmp_path):
         "-d",
         "cpu",
     )
-    eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
-    eval_main(
-        [
-            "-c",
-            cfg,
-            "-r",
-            str(out / "last.pth"),
-            "--split",
-            "test",
-            "--out",
-            str(one_dir),
-            "-d",
-            "cpu",
-        ]
-    )
+    evaluate_from_config(cfg, str(out / "last.pth"), {"device": "cpu"}, "test", str(one_dir))
     a = json.load(open(ddp_dir / "metrics.json"))
     b = json.load(open(one_dir / "metrics.json"))
     pa = json.load(open(ddp_dir / "predictions.json"))

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetrv2_icr.engine.coco_metrics import (
-    COCO_STAT_NAMES,
+from rtdetrv2_icr.core.metric_names import COCO_STAT_NAMES
+from rtdetrv2_icr.evaluate.coco_metrics import (
     relational_consistency,
     report_to_markdown,
     run_coco_eval,
     write_report,
 )
-from rtdetrv2_icr.engine.evaluator import CocoEvaluator, metric_value
+from rtdetrv2_icr.evaluate.evaluator import CocoEvaluator, metric_value
 
 
 def make_gt(n_images=6, seed=0):
@@ -210,7 +210,7 @@ def test_run_coco_eval_rejects_unknown_backend():
 def test_target_boxes_to_pixels_for_drawing():
     from torchvision import tv_tensors
 
-    from rtdetrv2_icr.engine.visualize import draw_boxes, target_boxes_xyxy
+    from rtdetrv2_icr.predict.draw import draw_boxes, target_boxes_xyxy
 
     px = tv_tensors.BoundingBoxes(
         torch.tensor([[10.0, 20.0, 30.0, 60.0]]), format="XYXY", canvas_size=(100, 50)

@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import re
-import runpy
 import signal
 import subprocess
 import sys
@@ -20,9 +19,12 @@ from test_engine_ddp import torchrun
 from test_engine_train import REPO, make_data, write_config
 
 from rtdetrv2_icr.core import YAMLConfig
-from rtdetrv2_icr.engine import Trainer, dist
-from rtdetrv2_icr.engine.checkpoint import CheckpointMismatchError, save_atomic
-from rtdetrv2_icr.engine.evaluator import CocoEvaluator
+from rtdetrv2_icr.evaluate.evaluator import CocoEvaluator
+from rtdetrv2_icr.evaluate.launch import evaluate_from_config
+from rtdetrv2_icr.runtime import dist
+from rtdetrv2_icr.runtime.checkpoint import CheckpointMismatchError, save_atomic
+from rtdetrv2_icr.train import Trainer
+from rtdetrv2_icr.train.launch import train_from_config
 
 HOOKS = os.path.join(REPO, "tests", "fault_hooks.py")
 TRAIN = os.path.join(REPO, "tools", "train.py")
@@ -31,10 +33,6 @@ EVAL = os.path.join(REPO, "tools", "eval.py")
 
 def fault_env(fault, **extra):
     return dict(os.environ, ICR_FAULT=fault, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **extra)
-
-
-def tool_main(path):
-    return runpy.run_path(path)["main"]
 
 
 def test_kill_while_writing_checkpoint_keeps_previous_and_resume_finishes(tmp_path):
@@ -76,7 +74,7 @@ def test_kill_while_writing_checkpoint_keeps_previous_and_resume_finishes(tmp_pa
     assert [json.loads(r)["epoch"] for r in open(out / "log.txt")] == [0]
 
     # -r resumes from it: the stale temp file goes, epoch 1 runs, the new last.pth replaces it
-    tool_main(TRAIN)(["-c", cfg, "-r", str(out / "last.pth"), "-d", "cpu"])
+    train_from_config(cfg, {"resume": str(out / "last.pth"), "device": "cpu"})
     assert not glob.glob(str(out / ".*.tmp"))
     last = torch.load(out / "last.pth", weights_only=True)
     assert last["last_epoch"] == 1 and last["global_step"] == 2
@@ -123,18 +121,18 @@ def test_resume_from_another_model_config_lists_mismatched_tensors(
         Trainer(YAMLConfig(cfg, device="cpu", resume=path)).setup_train()
     assert_lists_mismatch(str(err.value), path)
     with pytest.raises(CheckpointMismatchError, match="another model config"):
-        tool_main(TRAIN)(["-c", cfg, "-r", path, "-d", "cpu", "--output-dir", str(tmp_path / "r")])
+        train_from_config(cfg, {"resume": path, "device": "cpu", "output_dir": str(tmp_path / "r")})
     # --test-only and tools/eval.py load the same weights strictly
     with pytest.raises(CheckpointMismatchError) as err:
-        tool_main(TRAIN)(["-c", cfg, "-r", path, "--test-only", "-d", "cpu"])
+        train_from_config(cfg, {"resume": path, "device": "cpu"}, test_only=True)
     assert_lists_mismatch(str(err.value), path)
     with pytest.raises(CheckpointMismatchError) as err:
-        tool_main(EVAL)(["-c", cfg, "-r", path, "--out", str(tmp_path / "e"), "-d", "cpu"])
+        evaluate_from_config(cfg, path, {"device": "cpu"}, out_dir=str(tmp_path / "e"))
     assert_lists_mismatch(str(err.value), path)
 
     # fine-tuning takes the matching tensors and skips the others, as before
     tuned = Trainer(YAMLConfig(cfg, device="cpu", tuning=path))
-    tuned._setup_model()
+    tuned.setup_model()
     theirs = torch.load(path, weights_only=True)["ema"]["module"]
     own = tuned.model.state_dict()
     assert torch.equal(
@@ -232,7 +230,7 @@ def test_two_process_eval_of_one_image_counts_it_once(tmp_path, cfg, monkeypatch
     torchrun(HOOKS, EVAL, *args, str(tmp_path / "ddp"), env={"ICR_FAULT": "oracle_eval"})
     monkeypatch.setattr(CocoEvaluator, "_real_update", CocoEvaluator.update, raising=False)
     monkeypatch.setattr(CocoEvaluator, "update", fault_hooks.oracle_update)
-    tool_main(EVAL)([*args, str(tmp_path / "one")])
+    evaluate_from_config(cfg, ckpt, {"device": "cpu"}, "val", str(tmp_path / "one"))
     a = json.load(open(tmp_path / "ddp" / "metrics.json"))
     b = json.load(open(tmp_path / "one" / "metrics.json"))
     # rank 1's only image is rank 0's, repeated by the padded sampler: counted once

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from rtdetrv2_icr.core import YAMLConfig
-from rtdetrv2_icr.engine import checkpoint as ck
-from rtdetrv2_icr.engine.ema import ModelEMA
-from rtdetrv2_icr.engine.optim import (
+from rtdetrv2_icr.runtime import checkpoint as ck
+from rtdetrv2_icr.train.ema import ModelEMA
+from rtdetrv2_icr.train.optim import (
     FlatCosineLR,
     LinearWarmup,
     build_param_groups,
@@ -140,7 +140,8 @@ def test_config_builds_optimizer_scheduler_warmup_ema(tmp_path):
             "device": "cpu",
         }
     )
-    from rtdetrv2_icr.engine import builders
+    from rtdetrv2_icr.runtime import precision
+    from rtdetrv2_icr.train import builders
 
     device = torch.device("cpu")
     opt = builders.build_optimizer(cfg, cfg.model)
@@ -151,15 +152,15 @@ def test_config_builds_optimizer_scheduler_warmup_ema(tmp_path):
         [1e-5, 1e-4]
     )  # warm-up step 0 of 10
     ema = builders.build_ema(cfg, cfg.model)
-    amp = builders.amp_dtype(cfg, device)
+    amp = precision.amp_dtype(cfg, device)
     assert isinstance(ema, ModelEMA) and ema.warmups == 5
     # on a CPU, fp16 AMP stays off (no CPU fp16 autocast); bf16 must be asked for
-    assert amp is None and builders.build_scaler(cfg, device, amp) is None
+    assert amp is None and precision.build_scaler(cfg, device, amp) is None
     bf16 = YAMLConfig(cfg={"use_amp": True, "amp_dtype": "bfloat16"})
-    assert builders.amp_dtype(bf16, device) == torch.bfloat16
-    assert "bf16 autocast on cpu" in builders.precision_note(bf16, device, torch.bfloat16, None)
-    assert "amp_dtype: bfloat16" in builders.precision_note(cfg, device, None, None)
-    assert builders.amp_dtype(YAMLConfig(cfg={"use_amp": False}), device) is None
+    assert precision.amp_dtype(bf16, device) == torch.bfloat16
+    assert "bf16 autocast on cpu" in precision.precision_note(bf16, device, torch.bfloat16, None)
+    assert "amp_dtype: bfloat16" in precision.precision_note(cfg, device, None, None)
+    assert precision.amp_dtype(YAMLConfig(cfg={"use_amp": False}), device) is None
 
 
 def test_atomic_save_and_weights_only(tmp_path, monkeypatch):
@@ -238,7 +239,7 @@ def test_load_checkpoint_refuses_code_but_accepts_upstream_counter(tmp_path):
 
 def test_loader_keeps_workers_unless_an_epoch_policy_needs_them():
     from rtdetrv2_icr.data import BatchImageCollateFunction, Compose
-    from rtdetrv2_icr.engine.builders import _epoch_dependent
+    from rtdetrv2_icr.runtime.loaders import _epoch_dependent
 
     class DS:
         def __init__(self, transforms):
@@ -260,7 +261,7 @@ def test_loader_keeps_workers_unless_an_epoch_policy_needs_them():
 
 
 def test_compile_option_wraps_for_training_and_evaluation_stays_eager():
-    from rtdetrv2_icr.engine import dist
+    from rtdetrv2_icr.runtime import dist
 
     m = nn.Linear(3, 2)
     wrapped = dist.wrap_model(m, torch.device("cpu"), compile=True)

@@ -3,15 +3,17 @@ equality, checkpoints, TensorBoard tags, NaN handling, empty targets, eval backe
 
 import json
 import os
-import runpy
 import textwrap
 
 import pytest
 import torch
 
 from rtdetrv2_icr.core import YAMLConfig
-from rtdetrv2_icr.data.synthetic import SceneConfig, write_dataset
-from rtdetrv2_icr.engine import NonFiniteLossError, Trainer, dist
+from rtdetrv2_icr.evaluate.launch import evaluate_from_config
+from rtdetrv2_icr.prepare.synthetic import SceneConfig, write_dataset
+from rtdetrv2_icr.runtime import dist
+from rtdetrv2_icr.train import NonFiniteLossError, Trainer
+from rtdetrv2_icr.train.launch import train_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
@@ -243,26 +245,10 @@ def test_eval_tool_backends_agree_and_test_only(tmp_path, data):
     cfg = write_config(tmp_path, data, str(tmp_path / "out"), extra="epoches: 1\n")
     run(cfg)
     ckpt = str(tmp_path / "out" / "best.pth")
-    eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
     reports = {}
     for backend in ("faster", "pycocotools"):
         out = str(tmp_path / f"eval_{backend}")
-        eval_main(
-            [
-                "-c",
-                cfg,
-                "-r",
-                ckpt,
-                "--split",
-                "test",
-                "--backend",
-                backend,
-                "--out",
-                out,
-                "-d",
-                "cpu",
-            ]
-        )
+        evaluate_from_config(cfg, ckpt, {"device": "cpu"}, "test", out, backend)
         reports[backend] = json.load(open(os.path.join(out, "metrics.json")))
         assert os.path.isfile(os.path.join(out, "metrics.md"))
     a, b = reports["faster"], reports["pycocotools"]
@@ -280,10 +266,8 @@ def test_eval_tool_backends_agree_and_test_only(tmp_path, data):
     )
     assert set(a["per_class"]) == {"plate", "vehicle"}
 
-    train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
-    train_main(
-        ["-c", cfg, "-r", ckpt, "--test-only", "-d", "cpu", "--output-dir", str(tmp_path / "t")]
-    )
+    overrides = {"resume": ckpt, "device": "cpu", "output_dir": str(tmp_path / "t")}
+    train_from_config(cfg, overrides, test_only=True)
     rep = json.load(open(tmp_path / "t" / "eval_val" / "metrics.json"))
     assert rep["split"] == "val" and rep["num_images"] == 5
 
@@ -306,7 +290,7 @@ def test_tuning_loads_matching_tensors_and_lists_skipped(tmp_path, data, caplog)
     tr = Trainer(YAMLConfig(cfg, device="cpu", tuning=path))
     logs = []
     tr.log.info = logs.append
-    tr._setup_model()
+    tr.setup_model()
     text = "\n".join(logs)
     assert f"mismatched: {len(wrong)}" in text and all(k in text for k in wrong)
     own = tr.model.state_dict()

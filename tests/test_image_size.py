@@ -8,9 +8,9 @@ from torchvision import tv_tensors
 
 import rtdetrv2_icr  # noqa: F401
 from rtdetrv2_icr.core import ConfigError, YAMLConfig, create
-from rtdetrv2_icr.engine import builders
 from rtdetrv2_icr.nn.postprocessor import RTDETRPostProcessor
 from rtdetrv2_icr.ops.letterbox import letterbox_layout
+from rtdetrv2_icr.runtime.loaders import build_dataloader
 
 SVMLP = f"{REPO}/configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml"
 
@@ -131,7 +131,7 @@ def test_letterbox_config_trains_and_evaluates(tmp_path):
         val_dataloader={"dataset": {"transforms": {"ops": ops}}},
     )
     assert cfg["eval_spatial_size"] == [64, 96]
-    loader = builders.build_dataloader(cfg, "val_dataloader", shuffle=False)
+    loader = build_dataloader(cfg, "val_dataloader", shuffle=False)
     images, targets = next(iter(loader))
     assert images.shape[-2:] == (64, 96)  # synthetic images are square: padded
     assert images[..., :, :16].abs().max() == 0

@@ -1,9 +1,9 @@
-"""Using a model: ONNX export checked against PyTorch, tools/infer.py on a folder and a video
-(PyTorch and onnxruntime), child -> parent links, and tools/dataset_stats.py --draw / sizes at
-the network input. Tiny config at 64 px, random weights, CPU."""
+"""Using a model: ONNX export checked against PyTorch, prediction on a folder and a video
+(PyTorch and onnxruntime; tools/infer.py), child -> parent links, and the dataset statistics'
+drawing and sizes at the network input (tools/dataset_stats.py). Tiny config at 64 px, random
+weights, CPU."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -19,35 +19,29 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("av")
 
 import uav_detr_icr  # noqa: E402,F401
-from rtdetrv2_icr.data.media import VideoWriter, read_video  # noqa: E402
-from rtdetrv2_icr.data.pairing import link_detections
-from rtdetrv2_icr.data.synthetic import SceneConfig, write_dataset  # noqa: E402
-from rtdetrv2_icr.engine.predict import (  # noqa: E402
-    OnnxRunner,
-    build_deploy_model,
-    compare_detections,
-    eval_transforms,
-    inference_config,
-    preprocess,
-)
+from rtdetrv2_icr.data.links import link_detections
+from rtdetrv2_icr.predict.deploy import OnnxRunner, build_deploy_model, compare_detections
+from rtdetrv2_icr.predict.export import export_onnx, resolve_opset
+from rtdetrv2_icr.predict.media import VideoWriter, read_video
+from rtdetrv2_icr.predict.predictor import format_summary, predict, records
+from rtdetrv2_icr.predict.preprocess import eval_transforms, inference_config, preprocess
+from rtdetrv2_icr.prepare.stats import dataset_report
+from rtdetrv2_icr.prepare.synthetic import SceneConfig, write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", name + ".py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def run_tool(name, argv):
-    """main(argv) of tools/<name>.py in this process -> (return value, stdout)."""
+def capture(fn, *args, **kwargs):
+    """(return value of ``fn``, what it printed)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = load_tool(name).main(argv)
-    return rc, buf.getvalue()
+        out = fn(*args, **kwargs)
+    return out, buf.getvalue()
+
+
+def cfg_of(setup):
+    return inference_config(setup["cfg"])
 
 
 def read_folder(folder):
@@ -83,8 +77,8 @@ def setup(tmp_path_factory):
     ckpt = str(root / "ckpt.pth")
     torch.save({"model": model.state_dict(), "last_epoch": 0}, ckpt)
     onnx_path = str(root / "model.onnx")
-    rc, out = run_tool(
-        "export_onnx", ["-c", cfg_path, "-r", ckpt, "-o", onnx_path, "--check", "--tol", "1e-4"]
+    result, out = capture(
+        export_onnx, inference_config(cfg_path), onnx_path, ckpt, check=True, tol=1e-4
     )
     return {
         "root": root,
@@ -92,7 +86,7 @@ def setup(tmp_path_factory):
         "cfg": cfg_path,
         "ckpt": ckpt,
         "onnx": onnx_path,
-        "export_rc": rc,
+        "export_passed": result["passed"],
         "export_out": out,
     }
 
@@ -139,14 +133,13 @@ def test_compare_detections_tolerates_equal_score_swaps():
 
 
 def test_records_parent_index_points_into_the_results_list():
-    infer = load_tool("infer")
     det = (
         np.array([1, 0]),
         np.array([[0, 0, 10, 10], [1, 1, 3, 2]], np.float32),
         np.array([0.9, 0.8], np.float32),
         np.array([-1, 0]),
     )
-    recs = infer.records(det, 5, "a.jpg", 7, {0: 1, 1: 2}, ["plate", "vehicle"])
+    recs = records(det, 5, "a.jpg", 7, {0: 1, 1: 2}, ["plate", "vehicle"])
     assert [r["parent_idx"] for r in recs] == [-1, 5]
     assert recs[1] == {
         "file_name": "a.jpg",
@@ -163,7 +156,7 @@ def test_records_parent_index_points_into_the_results_list():
 def test_export_onnx_matches_pytorch(setup):
     import onnx
 
-    assert setup["export_rc"] == 0, setup["export_out"]
+    assert setup["export_passed"] is True, setup["export_out"]
     assert "check passed" in setup["export_out"]
     model = onnx.load(setup["onnx"])
     assert [i.name for i in model.graph.input] == ["images", "orig_target_sizes"]
@@ -199,28 +192,15 @@ def test_export_simplify_needs_onnxsim(setup, monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxsim)
-    with pytest.raises(SystemExit, match="onnxsim"):
-        run_tool(
-            "export_onnx",
-            [
-                "-c",
-                setup["cfg"],
-                "-r",
-                setup["ckpt"],
-                "-o",
-                str(setup["root"] / "x.onnx"),
-                "--simplify",
-            ],
-        )
+    cfg = inference_config(setup["cfg"])
+    with pytest.raises(ImportError, match="onnxsim"):
+        export_onnx(cfg, str(setup["root"] / "x.onnx"), setup["ckpt"], simplify=True)
 
 
-def test_export_refuses_opset_below_the_dynamo_exporters(setup, capsys):
-    with pytest.raises(SystemExit):
-        run_tool(
-            "export_onnx",
-            ["-c", setup["cfg"], "-o", str(setup["root"] / "y.onnx"), "--opset", "17"],
-        )
-    assert "--legacy for opset 17" in capsys.readouterr().err
+def test_export_refuses_opset_below_the_dynamo_exporters(setup):
+    with pytest.raises(ValueError, match="--legacy for opset 17"):
+        export_onnx(inference_config(setup["cfg"]), str(setup["root"] / "y.onnx"), opset=17)
+    assert resolve_opset(None, legacy=True) == 17 and resolve_opset(None, legacy=False) == 18
 
 
 # ---- infer -----------------------------------------------------------------------------------
@@ -241,24 +221,8 @@ def check_predictions(results, names=("plate", "vehicle")):
 def test_infer_folder_pytorch_and_onnx(setup):
     folder = os.path.join(setup["data"], "val", "images")
     out_pt, out_ox = setup["root"] / "pred_pt", setup["root"] / "pred_onnx"
-    rc, text = run_tool(
-        "infer",
-        [
-            "-c",
-            setup["cfg"],
-            "-r",
-            setup["ckpt"],
-            "--input",
-            folder,
-            "--out",
-            str(out_pt),
-            "--score",
-            "0",
-            "--batch",
-            "2",
-        ],
-    )
-    assert rc == 0 and "3 images" in text
+    summary = predict(cfg_of(setup), folder, str(out_pt), setup["ckpt"], score=0, batch=2)
+    assert "3 images" in format_summary(summary)
     names = sorted(os.listdir(folder))
     assert sorted(os.listdir(out_pt)) == sorted(names + ["predictions.json"])
     for n in names:
@@ -279,22 +243,7 @@ def test_infer_folder_pytorch_and_onnx(setup):
         )
     assert len(dt.getAnnIds()) == len(res)
 
-    rc, _ = run_tool(
-        "infer",
-        [
-            "-c",
-            setup["cfg"],
-            "--onnx",
-            setup["onnx"],
-            "--input",
-            folder,
-            "--out",
-            str(out_ox),
-            "--score",
-            "0",
-        ],
-    )
-    assert rc == 0
+    predict(cfg_of(setup), folder, str(out_ox), onnx=setup["onnx"], score=0)
     res_ox = json.load(open(out_ox / "predictions.json"))
     assert len(res_ox) == len(res)
     key = lambda r: (r["file_name"], r["score"], r["category_id"])  # noqa: E731
@@ -306,24 +255,7 @@ def test_infer_folder_pytorch_and_onnx(setup):
 def test_infer_single_image_threshold_and_links(setup):
     image = os.path.join(setup["data"], "test", "images", "000001.jpg")
     out = setup["root"] / "pred_one"
-    rc, text = run_tool(
-        "infer",
-        [
-            "-c",
-            setup["cfg"],
-            "-r",
-            setup["ckpt"],
-            "--input",
-            image,
-            "--out",
-            str(out),
-            "--score",
-            "0.0099",
-            "--draw-min-side",
-            "100",
-        ],
-    )
-    assert rc == 0
+    predict(cfg_of(setup), image, str(out), setup["ckpt"], score=0.0099, draw_min_side=100)
     res = json.load(open(out / "predictions.json"))
     assert all(r["score"] >= 0.0099 for r in res)
     check_predictions(res)
@@ -338,24 +270,8 @@ def test_infer_video(setup):
         for k in range(5):
             w.write(frames[k % 3])
     out = setup["root"] / "pred_video"
-    rc, text = run_tool(
-        "infer",
-        [
-            "-c",
-            setup["cfg"],
-            "-r",
-            setup["ckpt"],
-            "--input",
-            clip,
-            "--out",
-            str(out),
-            "--score",
-            "0",
-            "--batch",
-            "2",
-        ],
-    )
-    assert rc == 0 and "5 frames" in text
+    summary = predict(cfg_of(setup), clip, str(out), setup["ckpt"], score=0, batch=2)
+    assert "5 frames" in format_summary(summary)
     video = read_video(str(out / "clip.mp4"))
     decoded = list(video.frames)
     assert len(decoded) == 5 and decoded[0].size == (SIZE, SIZE) and video.fps == 5
@@ -367,32 +283,18 @@ def test_infer_video(setup):
 
 def test_infer_refuses_to_overwrite_inputs(setup, tmp_path):
     PIL.Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "a.jpg")
-    with pytest.raises(SystemExit, match="overwrite"):
-        run_tool(
-            "infer",
-            [
-                "-c",
-                setup["cfg"],
-                "-r",
-                setup["ckpt"],
-                "--input",
-                str(tmp_path),
-                "--out",
-                str(tmp_path),
-            ],
-        )
+    with pytest.raises(ValueError, match="overwrite"):
+        predict(cfg_of(setup), str(tmp_path), str(tmp_path), setup["ckpt"])
 
 
 # ---- dataset statistics ------------------------------------------------------------------------
 def test_dataset_stats_draw_and_network_sizes(setup):
     ann = os.path.join(setup["data"], "annotations", "val.json")
     out = setup["root"] / "gt"
-    _, text = run_tool(
-        "dataset_stats", [ann, "--draw", "2", "--out", str(out), "--input-size", "128"]
-    )
+    text = dataset_report([ann], draw=2, out=str(out), input_size=(128, 128))
     assert sorted(os.listdir(out)) == ["000001.jpg", "000002.jpg"]
     assert "at the network input (128x128" in text and "drew the ground truth of 2 image(s)" in text
-    _, js = run_tool("dataset_stats", [ann, "--json", "--input-size", "128x32"])
+    js = dataset_report([ann], as_json=True, input_size=(128, 32))
     st = json.loads(js)
     for name in ("plate", "vehicle"):
         c, n = st["classes"][name], st["network"]["classes"][name]
@@ -400,8 +302,6 @@ def test_dataset_stats_draw_and_network_sizes(setup):
         assert n["median_w"] == pytest.approx(2 * c["median_w"])
         assert n["min_h"] == pytest.approx(c["min_h"] / 2)
     # with the config: its val transforms (64 px) and its datasets' image folders
-    _, text = run_tool(
-        "dataset_stats", ["-c", setup["cfg"], "--draw", "1", "--out", str(setup["root"] / "gt_cfg")]
-    )
+    text = dataset_report(cfg=cfg_of(setup), draw=1, out=str(setup["root"] / "gt_cfg"))
     assert "at the network input (64x64; resized by the val transforms" in text
     assert os.listdir(setup["root"] / "gt_cfg" / "test") == ["000001.jpg"]

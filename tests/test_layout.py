@@ -1,30 +1,53 @@
-"""The package's shape: imports flow one way, and no module grows past its limit.
+"""The package's shape: each stage imports only the stages below it, the import graph between
+packages has no cycle, and no package grows into a catch-all.
 
-    core <- ops <- nn <- loss <- engine <- tools      data <- core, ops      analysis <- ops, loss
+    core <- ops <- nn <- loss                      data <- core, ops
+    runtime <- core, ops, data                     (process group, logging, files, checkpoints)
+    predict <- nn, data, runtime                   evaluate <- predict
+    train <- loss, evaluate (never predict, experiments or prepare)
+    prepare <- data, predict (drawing)             experiments <- every stage
     uav_detr_icr <- core, ops, nn
 
 Every import (top level or inside a function) is read with `ast`, so a lazy import against the
-direction fails too.
+direction fails too. The tools are not part of the library: nothing in it imports them.
 """
 
 import ast
 import os
+import subprocess
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# layer -> layers it may import (besides itself)
+BASE = {"core"}
+# package -> packages it may import (besides itself)
 ALLOWED = {
     "core": set(),
     "ops": {"core"},
     "nn": {"core", "ops"},
     "loss": {"core", "ops", "nn"},
     "data": {"core", "ops"},
-    "engine": {"core", "ops", "nn", "loss", "data"},
-    "analysis": {"core", "ops", "loss"},
+    "runtime": {"core", "ops", "data"},
+    "predict": {"core", "ops", "nn", "data", "runtime"},
+    "evaluate": {"core", "ops", "nn", "data", "runtime", "predict"},
+    "train": {"core", "ops", "nn", "loss", "data", "runtime", "evaluate"},
+    "prepare": {"core", "ops", "data", "predict"},
+    "experiments": {
+        "core",
+        "ops",
+        "nn",
+        "loss",
+        "data",
+        "runtime",
+        "predict",
+        "evaluate",
+        "train",
+        "prepare",
+        "uav_detr_icr",
+    },
     "uav_detr_icr": {"core", "ops", "nn"},
 }
-MAX_LINES = 400
-LIMITS = {"rtdetrv2_icr/engine/solver.py": 300, "rtdetrv2_icr/loss/icr.py": 150}
+MAX_MODULES, MAX_LINES = 15, 3000
 
 
 def _modules():
@@ -35,15 +58,15 @@ def _modules():
                     yield os.path.join(root, f)
 
 
-def _layer(path: str) -> str:
+def _package(path: str) -> str:
     rel = os.path.relpath(path, REPO).split(os.sep)
     if rel[0] == "uav_detr_icr":
         return "uav_detr_icr"
     return rel[1] if len(rel) > 2 else "root"
 
 
-def _imported_layers(path: str):
-    """(line, layer) of every project import in the file."""
+def _imported_packages(path: str):
+    """(line, package) of every project import in the file."""
     rel = os.path.relpath(path, REPO).split(os.sep)
     pkg_parts = rel[:-1]
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
@@ -64,31 +87,91 @@ def _imported_layers(path: str):
                 yield node.lineno, parts[1]
             elif parts[0] == "uav_detr_icr":
                 yield node.lineno, "uav_detr_icr"
+            elif parts[0] == "tools":
+                yield node.lineno, "tools"
+
+
+def _graph():
+    edges = {}
+    for path in _modules():
+        own = _package(path)
+        for line, pkg in _imported_packages(path):
+            if pkg != own:
+                edges.setdefault(own, {}).setdefault(pkg, []).append(
+                    f"{os.path.relpath(path, REPO)}:{line}"
+                )
+    return edges
 
 
 def test_imports_flow_one_way():
     bad = []
-    for path in _modules():
-        own = _layer(path)
-        if own == "root":  # the package __init__ registers everything
+    for own, targets in _graph().items():
+        if own == "root":  # the package __init__ registers the components
             continue
-        for line, layer in _imported_layers(path):
-            if layer != own and layer in ALLOWED and layer not in ALLOWED[own]:
-                bad.append(f"{os.path.relpath(path, REPO)}:{line} ({own}) imports {layer}")
+        for pkg, where in targets.items():
+            if pkg not in ALLOWED[own]:
+                bad.append(f"{where[0]} ({own}) imports {pkg}")
     assert not bad, "imports against the direction:\n" + "\n".join(bad)
 
 
-def test_every_layer_is_known():
-    layers = {_layer(p) for p in _modules()} - {"root"}
-    assert layers <= set(ALLOWED), layers - set(ALLOWED)
+def test_package_graph_is_acyclic():
+    edges = {k: set(v) - {"root"} for k, v in _graph().items() if k != "root"}
+    state = {}
+
+    def visit(node, path):
+        if state.get(node) == "done":
+            return
+        assert state.get(node) != "open", "import cycle: " + " -> ".join(path + [node])
+        state[node] = "open"
+        for nxt in sorted(edges.get(node, ())):
+            visit(nxt, path + [node])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        visit(node, [])
 
 
-def test_module_sizes():
-    over = []
+def test_every_package_is_known_and_small():
+    sizes = {}
     for path in _modules():
-        rel = os.path.relpath(path, REPO)
+        pkg = _package(path)
         n = sum(1 for _ in open(path, encoding="utf-8"))
-        limit = LIMITS.get(rel.replace(os.sep, "/"), MAX_LINES)
-        if n > limit:
-            over.append(f"{rel}: {n} lines (limit {limit})")
-    assert not over, over
+        mods, lines = sizes.get(pkg, (0, 0))
+        sizes[pkg] = (mods + (not path.endswith("__init__.py")), lines + n)
+    assert set(sizes) - {"root"} <= set(ALLOWED), set(sizes) - set(ALLOWED)
+    big = {p: s for p, s in sizes.items() if s[0] > MAX_MODULES or s[1] > MAX_LINES}
+    assert not big, f"packages over {MAX_MODULES} modules or {MAX_LINES} lines: {big}"
+
+
+def test_training_loads_no_deployment_or_experiment_code():
+    """Importing the trainer must not pull in onnx, onnxruntime, PyAV, the predictor or the
+    experiments (they are imported where they are used)."""
+    code = (
+        "import sys, rtdetrv2_icr, uav_detr_icr, rtdetrv2_icr.train.trainer\n"
+        "lazy = ('rtdetrv2_icr.experiments', 'rtdetrv2_icr.prepare',\n"
+        "        'rtdetrv2_icr.predict.predictor', 'rtdetrv2_icr.predict.export')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'av')\n"
+        "       or m.startswith(lazy)]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_tools_are_thin_and_tests_do_not_load_them():
+    long = []
+    for name in sorted(os.listdir(os.path.join(REPO, "tools"))):
+        if name.endswith(".py"):
+            n = sum(1 for _ in open(os.path.join(REPO, "tools", name), encoding="utf-8"))
+            if n > 150:
+                long.append(f"tools/{name}: {n} lines")
+    assert not long, long
+    loaders = []
+    for name in sorted(os.listdir(os.path.join(REPO, "tests"))):
+        if name.endswith(".py") and name != os.path.basename(__file__):
+            text = open(os.path.join(REPO, "tests", name), encoding="utf-8").read()
+            if "spec_from_file_location" in text or "runpy.run_path(os.path.join" in text:
+                loaders.append(name)
+    assert not loaders, f"tests loading a tool by path: {loaders}"

@@ -1,10 +1,10 @@
-"""Result files (engine/results.py): results.csv per epoch (no duplicate rows after a resume),
+"""Result files (rtdetrv2_icr/train/records.py): results.csv per epoch (no duplicate rows after
+a resume),
 predictions.json in the COCO results format, config.yml, the PNG plots, the confusion matrix
 counted by hand, and the evaluation's progress lines."""
 
 import json
 import os
-import runpy
 import shutil
 import types
 
@@ -13,12 +13,15 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_engine_train import REPO, make_data, run, write_config
+from test_engine_train import make_data, run, write_config
 
-from rtdetrv2_icr.engine import dist
-from rtdetrv2_icr.engine.confusion import coco_confusion_matrix, confusion_matrix
-from rtdetrv2_icr.engine.inference import EvalProgress
-from rtdetrv2_icr.engine.results import epoch_row, load_results, record_epoch, update_results_csv
+from rtdetrv2_icr.core import parse_cli
+from rtdetrv2_icr.evaluate.confusion import coco_confusion_matrix, confusion_matrix
+from rtdetrv2_icr.evaluate.launch import evaluate_from_config
+from rtdetrv2_icr.evaluate.loop import EvalProgress
+from rtdetrv2_icr.runtime import dist
+from rtdetrv2_icr.train.launch import train_from_config
+from rtdetrv2_icr.train.records import epoch_row, load_results, record_epoch, update_results_csv
 
 EVAL_PNGS = ("pr_curves.png", "confusion_matrix.png", "recall_by_size.png")
 
@@ -34,7 +37,7 @@ def assert_png(path, min_w=300, min_h=200):
 @pytest.fixture
 def caplog_icr(monkeypatch):
     """The warnings the project's logger emits, as a list of messages."""
-    from rtdetrv2_icr.engine.logger import get_logger
+    from rtdetrv2_icr.runtime.log import get_logger
 
     msgs = []
     monkeypatch.setattr(get_logger(), "warning", lambda m, *a, **k: msgs.append(str(m)))
@@ -257,9 +260,10 @@ def test_eval_tool_writes_predictions_config_and_plots(trained, tmp_path):
 
     ckpt = str(trained.out / "last.pth")
     out = tmp_path / "eval"
-    eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
-    args = ["-c", trained.cfg, "-r", ckpt, "--split", "test", "--out", str(out), "-d", "cpu"]
-    eval_main(args + ["-u", "evaluator.type=CocoEvaluator", "evaluator.consistency_score=0.0"])
+    overrides = parse_cli(
+        ["device=cpu", "evaluator.type=CocoEvaluator", "evaluator.consistency_score=0.0"]
+    )
+    evaluate_from_config(trained.cfg, ckpt, overrides, "test", str(out))
     report = json.load(open(out / "metrics.json"))
     ann = os.path.join(trained.data, "annotations", "test.json")
     gt = COCO(ann)
@@ -300,11 +304,9 @@ def test_eval_tool_writes_predictions_config_and_plots(trained, tmp_path):
         assert_png(out / name)
 
     # train.py --test-only goes through the same path
-    train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
     t_out = tmp_path / "t"
-    train_main(
-        ["-c", trained.cfg, "-r", ckpt, "--test-only", "-d", "cpu", "--output-dir", str(t_out)]
-    )
+    overrides = {"resume": ckpt, "device": "cpu", "output_dir": str(t_out)}
+    train_from_config(trained.cfg, overrides, test_only=True)
     files = set(os.listdir(t_out / "eval_val"))
     assert {"metrics.json", "predictions.json", "config.yml", *EVAL_PNGS} <= files
     preds = json.load(open(t_out / "eval_val" / "predictions.json"))
@@ -329,7 +331,7 @@ def test_eval_progress_lines():
 
 
 def test_progress_only_on_rank_zero(monkeypatch):
-    from rtdetrv2_icr.engine.logger import get_logger
+    from rtdetrv2_icr.runtime.log import get_logger
 
     monkeypatch.setattr(dist, "is_main_process", lambda: False)
     assert not get_logger().isEnabledFor(20)  # INFO lines (progress) are dropped off rank 0

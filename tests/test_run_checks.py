@@ -3,15 +3,17 @@ the precision is explicit; --test-only takes --split."""
 
 import json
 import os
-import runpy
 
 import pytest
 import torch
-from test_engine_train import REPO, make_data, write_config
+from test_engine_train import make_data, write_config
 
 from rtdetrv2_icr.core import ConfigError, YAMLConfig
-from rtdetrv2_icr.engine import Trainer
-from rtdetrv2_icr.engine.validate import check_config, check_metric_name
+from rtdetrv2_icr.core.metric_names import check_metric_name
+from rtdetrv2_icr.evaluate.launch import evaluate_from_config
+from rtdetrv2_icr.runtime.config_check import check_config
+from rtdetrv2_icr.train import Trainer
+from rtdetrv2_icr.train.launch import train_from_config
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +48,14 @@ def test_typos_fail_at_once_with_a_hint(setup):
 
 def test_missing_checkpoint_is_named_before_anything_else(setup, tmp_path):
     _, _, cfg = setup
-    train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
-    eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
     missing = str(tmp_path / "gone.pth")
-    for main, args in (
-        (train_main, ["-r", missing]),
-        (train_main, ["-t", missing]),
-        (eval_main, ["-r", missing]),
+    for run in (
+        lambda: train_from_config(cfg, {"device": "cpu", "resume": missing}),
+        lambda: train_from_config(cfg, {"device": "cpu", "tuning": missing}),
+        lambda: evaluate_from_config(cfg, missing, {"device": "cpu"}),
     ):
         with pytest.raises(FileNotFoundError, match=r"not found: .*gone\.pth"):
-            main(["-c", cfg, "-d", "cpu", *args])
+            run()
 
 
 def test_checkpoint_weights_mean_no_download(setup, tmp_path, monkeypatch):
@@ -73,25 +73,10 @@ def test_checkpoint_weights_mean_no_download(setup, tmp_path, monkeypatch):
     for key in ("resume", "tuning"):
         tr = Trainer(YAMLConfig(cfg, device="cpu", **online, **{key: ckpt}))
         assert tr.cfg.get("PResNet.pretrained") is False
-        tr._setup_model()  # builds the model: no download
-    eval_main = runpy.run_path(os.path.join(REPO, "tools", "eval.py"))["main"]
+        tr.setup_model()  # builds the model: no download
     out = str(tmp_path / "ev")
-    eval_main(
-        [
-            "-c",
-            cfg,
-            "-r",
-            ckpt,
-            "-d",
-            "cpu",
-            "--weights",
-            "model",
-            "--out",
-            out,
-            "-u",
-            "PResNet.pretrained=True",
-        ]
-    )
+    overrides = {"device": "cpu", **online}
+    evaluate_from_config(cfg, ckpt, overrides, "test", out, prefer_ema=False)
     assert json.load(open(os.path.join(out, "metrics.json")))["split"] == "test"
 
 
@@ -99,23 +84,8 @@ def test_test_only_takes_split_and_no_amp(setup, tmp_path):
     root, _, cfg = setup
     ckpt = str(tmp_path / "w.pth")
     torch.save({"model": YAMLConfig(cfg).model.state_dict()}, ckpt)
-    train_main = runpy.run_path(os.path.join(REPO, "tools", "train.py"))["main"]
     out = str(tmp_path / "t")
-    train_main(
-        [
-            "-c",
-            cfg,
-            "-r",
-            ckpt,
-            "--test-only",
-            "--split",
-            "test",
-            "--no-amp",
-            "-d",
-            "cpu",
-            "--output-dir",
-            out,
-        ]
-    )
+    overrides = {"resume": ckpt, "use_amp": False, "device": "cpu", "output_dir": out}
+    train_from_config(cfg, overrides, test_only=True, split="test")
     rep = json.load(open(os.path.join(out, "eval_test", "metrics.json")))
     assert rep["split"] == "test" and rep["num_images"] == 2

@@ -12,7 +12,8 @@ import time
 import pytest
 from test_engine_train import REPO, make_data, write_config
 
-from rtdetrv2_icr.engine.study import _paired, load_study
+from rtdetrv2_icr.experiments.study import load_study
+from rtdetrv2_icr.experiments.study_report import _paired
 
 
 def study_file(tmp_path, cfg):
@@ -116,8 +117,8 @@ def test_shipped_studies_load_and_their_configs_check():
 
     import uav_detr_icr  # noqa: F401  (the UAV-DETR studies name its neck)
     from rtdetrv2_icr.core import YAMLConfig, parse_cli
-    from rtdetrv2_icr.engine.study import run_overrides
-    from rtdetrv2_icr.engine.validate import check_config
+    from rtdetrv2_icr.experiments.study import run_overrides
+    from rtdetrv2_icr.runtime.config_check import check_config
 
     files = sorted(glob.glob(os.path.join(REPO, "configs", "studies", "*.yml")))
     assert len(files) >= 5

@@ -1,10 +1,10 @@
-"""Trajectory study (tools/trajectory.py): mechanics and invariants on reduced runs.
+"""Trajectory study (experiments/trajectory*.py, tools/trajectory.py): mechanics and
+invariants on reduced runs.
 
 Nothing here asserts which loss or ICR variant converges better; only that the runs are well
 formed and that ICR reduces exactly to the base loss where it must.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetrv2_icr.analysis.distortion import cbbl_curves, iou_family_curves
-from rtdetrv2_icr.analysis.summary import compare, group_table, summarise
-from rtdetrv2_icr.analysis.trajectory import (
+from rtdetrv2_icr.experiments.distortion import cbbl_curves, iou_family_curves
+from rtdetrv2_icr.experiments.trajectory import (
     LOSSES,
     Scene,
     SimConfig,
@@ -25,6 +24,8 @@ from rtdetrv2_icr.analysis.trajectory import (
     simulate,
     simulate_all,
 )
+from rtdetrv2_icr.experiments.trajectory_report import TrajectoryOptions, run
+from rtdetrv2_icr.experiments.trajectory_table import compare, group_table, summarize
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TINY = dict(
@@ -36,35 +37,18 @@ TINY = dict(
 )
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "trajectory_tool", os.path.join(ROOT, "tools", "trajectory.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_reduced_run_writes_outputs(tmp_path):
-    tool = load_tool()
     out = tmp_path / "traj"
-    argv = [
-        "--out",
-        str(out),
-        "--grid",
-        "2",
-        "--iters",
-        "6",
-        "--losses",
-        "giou,nwd",
-        "--traj-losses",
-        "giou",
-        "--every",
-        "2",
-        "--threads",
-        str(torch.get_num_threads()),
-    ]
-    tool.main(argv)
+    opts = TrajectoryOptions(
+        out=str(out),
+        grid=2,
+        iters=6,
+        losses="giou,nwd",
+        traj_losses="giou",
+        every=2,
+        threads=torch.get_num_threads(),
+    )
+    run(opts, f"python tools/trajectory.py --out {out} --grid 2")
     for name in (
         "error_curves.png",
         "inside_curves.png",
@@ -96,7 +80,7 @@ def test_all_losses_finite():
         for t in (r.mean_error, r.mean_iou, r.inside_share, r.final_error, r.final_iou):
             assert torch.isfinite(t).all(), r.variant.name
         assert r.first_inside.shape == (len(scene),)
-        s = summarise(r, cfg)
+        s = summarize(r, cfg)
         assert 0 <= s["converged"] <= 1
     assert "| giou | scale |" in group_table(results, cfg)
 

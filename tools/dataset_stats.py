@@ -16,20 +16,12 @@ config's img_folder for that file, or <root>/<split>/images beside <root>/annota
 """
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
-
-from rtdetrv2_icr.data.stats import (
-    dataset_statistics,
-    format_statistics,  # noqa: E402
-    load_index,
-    network_size_statistics,
-)
+from rtdetrv2_icr.prepare.stats import dataset_report  # noqa: E402
 
 
 def parse_size(text):
@@ -88,59 +80,6 @@ def parse_args(argv=None):
     return args
 
 
-def config_datasets(cfg):
-    """[(ann_file, img_folder)] of the config's train/val/test sections whose json exists."""
-    out = []
-    for split in ("train", "val", "test"):
-        try:
-            ds = cfg.dataloader_spec(f"{split}_dataloader").get("dataset") or {}
-        except Exception:  # a section this config does not have
-            continue
-        if ds.get("ann_file") and os.path.isfile(ds["ann_file"]):
-            out.append((ds["ann_file"], ds.get("img_folder")))
-    return out
-
-
-def image_folder(ann_file, args, datasets):
-    if args.images:
-        return args.images
-    for ann, folder in datasets:
-        if folder and os.path.samefile(ann, ann_file):
-            return folder
-    parent, folder_name = os.path.split(os.path.dirname(os.path.abspath(ann_file)))
-    guess = os.path.join(parent, os.path.splitext(os.path.basename(ann_file))[0], "images")
-    if folder_name == "annotations" and os.path.isdir(guess):
-        return guess
-    raise SystemExit(
-        f"--draw: no image folder known for {ann_file}: give --images DIR "
-        f"(tried the config's datasets and {guess})"
-    )
-
-
-def draw_ground_truth(index, folder, n, out_dir):
-    """The first `n` images of the index with boxes and child -> parent links -> `out_dir`."""
-    from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
-
-    from rtdetrv2_icr.data.coco import read_image
-    from rtdetrv2_icr.engine.visualize import draw_detections
-
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for rec in index.images[:n]:
-        image = read_image(os.path.join(folder, rec.file_name), f"{index.ann_file}: ")
-        pic = draw_detections(
-            pil_to_tensor(image),
-            torch.from_numpy(rec.boxes),
-            torch.from_numpy(rec.labels),
-            index.class_names,
-            parent_idx=torch.from_numpy(rec.parent_idx),
-        )
-        path = os.path.join(out_dir, os.path.basename(rec.file_name))
-        to_pil_image(pic).save(path, quality=95)
-        written.append(path)
-    return written
-
-
 def main(argv=None):
     args = parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
@@ -149,50 +88,29 @@ def main(argv=None):
         rels = [
             dict(zip(("child", "parent"), r.split(":"))) for r in args.relations.split(",") if r
         ]
-    datasets, size_of, description = [], None, ""
+    cfg = None
     if args.config:
         import uav_detr_icr  # noqa: F401  (registers every component)
         from rtdetrv2_icr.core import parse_cli
-        from rtdetrv2_icr.engine.predict import eval_transforms, inference_config, size_after
+        from rtdetrv2_icr.predict.preprocess import inference_config
 
         cfg = inference_config(args.config, parse_cli(args.update))
-        classes = classes or cfg.get("class_names")
-        rels = rels if rels is not None else (cfg.get("relations") or [])
-        datasets = config_datasets(cfg)
-        if not args.input_size:
-            transforms = eval_transforms(cfg)
-            size_of = lambda w, h: size_after(transforms, w, h)  # noqa: E731
-            description = f"resized by the val transforms of {args.config}"
-        if not args.files:
-            args.files = [ann for ann, _ in datasets]
-            if not args.files:
-                raise SystemExit(
-                    f"{args.config}: none of its train/val/test annotation files "
-                    f"exists; give the json files"
-                )
-    if size_of is None:
-        w, h = args.input_size or (640, 640)
-        size_of = lambda _w, _h: (w, h)  # noqa: E731
-        description = "every image resized to it"
-        description += "" if args.input_size else ", --input-size default"
-
-    for k, path in enumerate(args.files):
-        index = load_index(path, classes, rels, args.min_containment)
-        st = dataset_statistics(index)
-        st["network"] = network_size_statistics(index, size_of, description)
-        if args.json:
-            print(json.dumps(st))
-        else:
-            print(("\n" if k else "") + format_statistics(st))
-        if args.draw:
-            out = (
-                args.out
-                if len(args.files) == 1
-                else os.path.join(args.out, os.path.splitext(os.path.basename(path))[0])
-            )
-            written = draw_ground_truth(index, image_folder(path, args, datasets), args.draw, out)
-            if not args.json:
-                print(f"drew the ground truth of {len(written)} image(s) into {out}")
+    try:
+        text = dataset_report(
+            args.files,
+            cfg,
+            classes,
+            rels,
+            args.min_containment,
+            args.input_size,
+            args.json,
+            args.draw,
+            args.out,
+            args.images,
+        )
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    print(text)
 
 
 if __name__ == "__main__":

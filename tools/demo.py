@@ -35,7 +35,7 @@ def run(cmd, what: str) -> float:
 
 def draw_data(section: dict) -> float:
     """Draw the config's synthetic splits unless they exist; returns the seconds it took."""
-    from rtdetrv2_icr.data.synthetic import write_from_section
+    from rtdetrv2_icr.prepare.synthetic import write_from_section
 
     opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in section.items())
     print(

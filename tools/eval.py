@@ -9,7 +9,8 @@ consistency).
 Prints the tables and writes into DIR: metrics.json and metrics.md (the report), predictions.json
 (every kept detection, COCO results format), config.yml (the merged config of this evaluation),
 pr_curves.png, confusion_matrix.png and recall_by_size.png. EMA weights are used when the
-checkpoint has them (--weights model to use the raw model weights).
+checkpoint has them (--weights model to use the raw model weights). The library code:
+rtdetrv2_icr/evaluate/launch.py and loop.py.
 """
 
 import argparse
@@ -19,10 +20,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr comes with it)
-from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
-from rtdetrv2_icr.engine import Trainer, checkpoint, dist  # noqa: E402
-from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
-from rtdetrv2_icr.engine.validate import check_checkpoint  # noqa: E402
+from rtdetrv2_icr.core import parse_cli  # noqa: E402
+from rtdetrv2_icr.evaluate.launch import evaluate_from_config  # noqa: E402
+from rtdetrv2_icr.runtime import dist  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -50,36 +50,26 @@ def main(argv=None) -> int:
     p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    check_checkpoint(args.checkpoint)  # before anything else: a missing file is named as such
     overrides = parse_cli(args.update)
     if args.no_amp:
         overrides["use_amp"] = False
-    device = dist.init_distributed(args.device)
-    overrides["device"] = str(device)
-    overrides["use_ema"] = False  # the chosen weights are loaded into the model itself
-    overrides["resume"] = args.checkpoint  # the checkpoint supplies the weights: no download
+    if args.device:
+        overrides["device"] = args.device
     overrides["eval_tensorboard"] = bool(args.tensorboard)
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{args.split}"
     )
-    with dist.run_guard():
-        cfg = YAMLConfig(args.config, **overrides)
-        log = get_logger()
-        trainer = Trainer(cfg, splits=(args.split,))
-        trainer._setup_model()
-        ckpt = checkpoint.load_checkpoint(args.checkpoint)
-        state = checkpoint.extract_model_state(ckpt, prefer_ema=args.weights == "ema")
-        checkpoint.load_model_state(dist.unwrap_model(trainer.model), state, args.checkpoint)
-        trainer.last_epoch = (
-            int(ckpt.get("last_epoch", 0)) if isinstance(ckpt.get("last_epoch"), int) else 0
-        )
-        log.info(
-            f"evaluating {args.checkpoint} ({args.weights} weights) on the {args.split} split, "
-            f"backend {args.backend}"
-        )
-        trainer.evaluate_split(args.split, out_dir=out, backend=args.backend)
-        if dist.is_main_process():
-            log.info(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")
+    evaluate_from_config(
+        args.config,
+        args.checkpoint,
+        overrides,
+        args.split,
+        out,
+        args.backend,
+        prefer_ema=args.weights == "ema",
+    )
+    if dist.is_main_process():
+        print(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")
     return 0
 
 

@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rtdetrv2_icr.data.synthetic import SceneConfig, write_split  # noqa: E402
+from rtdetrv2_icr.prepare.synthetic import SceneConfig, write_split  # noqa: E402
 
 
 def main(argv=None):

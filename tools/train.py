@@ -18,12 +18,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr comes with it)
-from rtdetrv2_icr.core import YAMLConfig, parse_cli  # noqa: E402
-from rtdetrv2_icr.engine import Trainer, checkpoint, dist  # noqa: E402
-from rtdetrv2_icr.engine.logger import get_logger  # noqa: E402
-from rtdetrv2_icr.engine.reproducibility import seed_run  # noqa: E402
-from rtdetrv2_icr.engine.runtime import RuntimeSettings  # noqa: E402
-from rtdetrv2_icr.engine.validate import check_checkpoint  # noqa: E402
+from rtdetrv2_icr.core import parse_cli  # noqa: E402
+from rtdetrv2_icr.train.launch import train_from_config  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,24 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_best(trainer, split: str, log) -> None:
-    """Load best.pth (else last.pth) of the finished run and evaluate it on ``split``."""
-    best = os.path.join(trainer.output_dir, "best.pth")
-    path = best if os.path.isfile(best) else os.path.join(trainer.output_dir, "last.pth")
-    checkpoint.load_eval_weights(path, dist.unwrap_model(trainer.model), trainer.ema)
-    out = os.path.join(trainer.output_dir, f"eval_{split}")
-    log.info(f"evaluating {path} on the {split} split")
-    trainer.evaluate_split(split, out_dir=out)
-    if dist.is_main_process():
-        log.info(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.resume and args.tuning:
-        raise SystemExit("give at most one of --resume and --tuning")
-    check_checkpoint(args.resume, "checkpoint to resume from")
-    check_checkpoint(args.tuning, "checkpoint to fine-tune from")
+        parser.error("give at most one of --resume and --tuning")
+    if args.test_only and not args.resume:
+        parser.error("--test-only evaluates a checkpoint: give it with -r")
     overrides = parse_cli(args.update)
     # named options win over -u, and only when given
     if args.deterministic:
@@ -111,26 +96,7 @@ def main(argv=None) -> int:
             overrides[key] = v
     if args.use_amp or args.no_amp:
         overrides["use_amp"] = bool(args.use_amp)
-    device = dist.init_distributed(overrides.get("device"))
-    overrides["device"] = str(device)
-    with dist.run_guard():
-        cfg = YAMLConfig(args.config, **overrides)
-        log = get_logger()
-        rt = RuntimeSettings.from_config(cfg.yaml_cfg)
-        seed_run(rt.seed, rt.deterministic, rt.num_threads, device)
-        log.info(f"config {args.config}; overrides {overrides}")
-        if args.test_only:
-            trainer = Trainer(cfg, splits=(args.split,))
-            trainer.setup_eval()
-            out = os.path.join(trainer.output_dir, f"eval_{args.split}")
-            trainer.evaluate_split(args.split, out_dir=out)
-            if dist.is_main_process():
-                log.info(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")
-        else:
-            trainer = Trainer(cfg, splits=("train", "val") + tuple(filter(None, [args.eval_split])))
-            trainer.fit()
-            if args.eval_split:
-                evaluate_best(trainer, args.eval_split, log)
+    train_from_config(args.config, overrides, args.test_only, args.split, args.eval_split)
     return 0
 
 

@@ -11,42 +11,14 @@ gradient_distortion.png, table.md (also printed) and summary.json (the table's n
 """
 
 import argparse
-import json
 import os
 import shlex
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rtdetrv2_icr.analysis.distortion import cbbl_curves, iou_family_curves  # noqa: E402
-from rtdetrv2_icr.analysis.figures import (
-    plot_distortion,
-    plot_error_curves,  # noqa: E402
-    plot_inside_curves,
-    plot_trajectories,
-)
-from rtdetrv2_icr.analysis.summary import group_table, markdown_table, summarise  # noqa: E402
-from rtdetrv2_icr.analysis.trajectory import (
-    LOSSES,
-    SimConfig,
-    Variant,  # noqa: E402
-    all_variants,
-    default_scene,
-    simulate_all,
-    track_scene,
-)
-
-
-def _round(x, digits=5):
-    return [float(f"{v:.{digits}g}") for v in x.tolist()]
-
-
-def _list(text):
-    return [t.strip() for t in text.split(",") if t.strip()]
+from rtdetrv2_icr.experiments.trajectory import LOSSES  # noqa: E402
+from rtdetrv2_icr.experiments.trajectory_report import TrajectoryOptions, run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -90,99 +62,10 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def run(args, command: str) -> dict:
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
-    cfg = SimConfig(
-        iters=args.iters,
-        eta=args.eta,
-        lam=args.lam,
-        nwd_constant=args.nwd_constant,
-        min_size=args.min_size,
-        inside_threshold=args.inside,
-    )
-    losses = _list(args.losses)
-    modes = _list(args.modes)
-    variants = all_variants(losses, modes, control_step=None if args.no_control else 1 + args.lam)
-    scene = default_scene(grid=args.grid, span=args.span)
-    results = simulate_all(scene, variants, cfg)
-    rows = [summarise(r, cfg) for r in results]
-    sim_time = time.perf_counter() - t0
-
-    plot_error_curves(results, os.path.join(args.out, "error_curves.png"))
-    plot_inside_curves(results, os.path.join(args.out, "inside_curves.png"), cfg)
-    track = track_scene()
-    for loss in _list(args.traj_losses):
-        vs = [Variant(loss)] + [
-            Variant(loss, m, d) for m in modes for d in (False, True) if not (m == "binary" and d)
-        ]
-        tr = simulate_all(track, vs, cfg, keep_boxes=True)
-        plot_trajectories(
-            tr, track, os.path.join(args.out, f"trajectories_{loss}.png"), cfg, every=args.every
-        )
-    if not args.no_distortion:
-        offsets = np.linspace(0.0, 60.0, 241)
-        iou = {f"{w}x{h}": iou_family_curves(offsets, (w, h)) for w, h in ((12, 6), (120, 60))}
-        plot_distortion(
-            offsets, iou, cbbl_curves(offsets), os.path.join(args.out, "gradient_distortion.png")
-        )
-    wall = time.perf_counter() - t0
-
-    info = scene.info
-    notes = [
-        f"{len(scene)} cases = {info['plates']} plates x {info['starts']} starts; plates of "
-        "aspect 2:1, 3:1, 4:1, 5:1 and area 0.5 or 2 units, centred low in a 6 x 4 vehicle or "
-        "near its left edge; starts on a "
-        f"{info['grid']} x {info['grid']} grid of centres over the vehicle scaled by "
-        f"{info['span']:g} (the vehicle covers {100 / info['span'] ** 2:.0f} % of that region), "
-        "x areas 0.5, 2 x aspects 1:2, 1:1, 2:1, 4:1.",
-        f"Update B_t = B_(t-1) - eta (2 - IoU) dL/dB, eta = {cfg.eta:g}, {cfg.iters} iterations, "
-        f"B = (cx, cy, w, h); w, h clamped to >= {cfg.min_size:g} after each step. ICR lambda = "
-        f"{cfg.lam:g}, factor on the IoU-family loss only; NWD constant {cfg.nwd_constant:g} "
-        f"unit; Inner-SIoU ratio {cfg.inner_ratio:g}.",
-        f"Inside = containment C >= {cfg.inside_threshold:g}. *to inside*: over the starts that "
-        "begin outside; *to IoU > 0.5*: over the starts that begin at IoU <= 0.5. Median "
-        "[25th, 75th percentile] over the starts that get there; *never* counts the others "
-        "(excluded from the median).",
-        f"*converged*: IoU > {cfg.iou_threshold:g} at the last iteration (share of all cases). "
-        "*final mean l1 error*: mean |B_T - G|_1 (DIoU paper's error). *left after entry*: "
-        "share of the cases ever inside that were outside at a later iteration. *min-size clamp "
-        "hit*: share of cases whose w or h was clamped at least once.",
-        "ICR binary has no gradient through C in the library (its indicator is detached), so "
-        "'binary' and 'binary, C detached' coincide by construction.",
-        f"Control 'none, step x{1 + cfg.lam:g}': no ICR, eta x (1 + lambda) everywhere, the "
-        "step ICR gives a box wholly outside the vehicle.",
-        "Second table: starts grouped by their containment at t = 0 (inside: C >= threshold, "
-        "straddling: 0 < C < threshold, outside: C = 0); converged share per group, and per case "
-        "against the same loss without ICR: share reaching IoU > 0.5 sooner / later (never "
-        "counts as later than any iteration; both never is a tie).",
-        f"Wall time {wall:.1f} s (simulation {sim_time:.1f} s), {args.threads} thread(s); "
-        "provisional, shared machine.",
-    ]
-    table = markdown_table(rows, command, notes) + "\n" + group_table(results, cfg)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(
-            {
-                "command": command,
-                "wall_s": round(wall, 1),
-                "cases": len(scene),
-                "rows": rows,
-                "final_mean_error": {r.variant.name: _round(r.mean_error[-1:])[0] for r in results},
-            },
-            f,
-            indent=1,
-        )
-    print(table)
-    return {"rows": rows, "results": results, "wall": wall, "table": table}
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["python tools/trajectory.py"] + [shlex.quote(a) for a in argv])
-    run(parse_args(argv), command)
+    run(TrajectoryOptions(**vars(parse_args(argv))), command)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,13 @@ parent_id, and print how the children were paired.
 """
 
 import argparse
-import json
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from rtdetrv2_icr.data.errors import InvalidAnnotationError  # noqa: E402
-from rtdetrv2_icr.data.yolo import (  # noqa: E402
-    PAIRING_MODES,
-    PairingWarning,
-    format_pairing_summary,
-    yolo_to_coco,
-)
+from rtdetrv2_icr.prepare.yolo import PAIRING_MODES, convert_yolo  # noqa: E402
 
 
 def parse_relations(text):
@@ -65,27 +58,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PairingWarning)  # the summary below says it all
-            coco = yolo_to_coco(
-                args.images,
-                args.labels,
-                classes,
-                pairing=args.pairing,
-                relations=args.relations,
-                min_containment=args.min_containment,
-            )
+        summary = convert_yolo(
+            args.images,
+            args.labels,
+            classes,
+            args.out,
+            pairing=args.pairing,
+            relations=args.relations,
+            min_containment=args.min_containment,
+        )
     except (InvalidAnnotationError, FileNotFoundError) as e:
         raise SystemExit(f"yolo2coco: {e}") from None
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(coco, f)
-    linked = sum(1 for a in coco["annotations"] if a.get("parent_id", -1) >= 0)
-    print(
-        f"{args.out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
-        f"{linked} with a parent"
-    )
-    print(format_pairing_summary(coco["info"]["pairing"]))
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rtdetrv2_icr.nn.common import ConvNormLayer
-
-from .frequency import FFM
+from uav_detr_icr.frequency import FFM
 
 __all__ = ["SemanticAlignmentCalibration"]
 

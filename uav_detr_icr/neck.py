@@ -28,11 +28,10 @@ import torch.nn as nn
 from rtdetrv2_icr.core.registry import register
 from rtdetrv2_icr.nn.common import ConvNormLayer, CSPRepLayer, RepVggBlock
 from rtdetrv2_icr.nn.encoder import TransformerEncoderLayer, sincos_pos_embed_2d
-
-from .calibration import SemanticAlignmentCalibration
-from .dysample import DySample
-from .frequency import MFFF, FrequencyFocusedDownSampling
-from .spd import SPDConv
+from uav_detr_icr.calibration import SemanticAlignmentCalibration
+from uav_detr_icr.dysample import DySample
+from uav_detr_icr.frequency import MFFF, FrequencyFocusedDownSampling
+from uav_detr_icr.spd import SPDConv
 
 __all__ = ["AIFI", "UAVDETRNeck"]
 

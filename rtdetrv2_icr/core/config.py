@@ -7,8 +7,9 @@
 Keyword overrides (and ``-u key.sub=value`` on the command line, via ``parse_cli``) merge into
 the loaded files exactly like a last included file would.
 
-The config parses and creates registered components; the engine builds the training pieces
-(optimiser, schedulers, EMA, loaders, evaluator) from it (`rtdetrv2_icr/engine/builders.py`).
+The config parses and creates registered components; the stages build their pieces
+(optimiser, schedulers, EMA: train/builders.py; loaders: runtime/loaders.py; evaluator:
+evaluate/evaluator.py) from it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Optional
 
-from .registry import ConfigError, create
-from .yaml_utils import SOURCES_KEY, load_config, merge_dict
+from rtdetrv2_icr.core.registry import ConfigError, create
+from rtdetrv2_icr.core.yaml_utils import SOURCES_KEY, load_config, merge_dict
 
 __all__ = ["YAMLConfig"]
 

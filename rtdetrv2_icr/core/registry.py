@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Optional
 
-from .settings import did_you_mean
+from rtdetrv2_icr.core.settings import did_you_mean
 
 __all__ = ["register", "create", "get_registered", "registered_names", "ConfigError"]
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
-from .registry import ConfigError
+from rtdetrv2_icr.core.registry import ConfigError
 
 __all__ = ["load_config", "merge_dict", "parse_cli", "INCLUDE_KEY", "SOURCES_KEY"]
 

@@ -1,25 +1,33 @@
-"""Datasets, transforms and collation that keep parent links between objects (docs/data.md).
+"""The loader side of the data: COCO datasets, transforms and collation that keep the
+child -> parent links between objects (docs/data.md). Offline preparation (YOLO import,
+statistics, the synthetic generator) is the `prepare` package.
 
 Importing this package registers `CocoDetection`, the transforms (`Compose`, ...) and
 `BatchImageCollateFunction` with the config registry.
 """
 
-from ..core.mscoco import MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category
-from .annotations import CocoIndex, ImageRecord, load_coco_json
-from .coco import CocoDetection, get_coco_api_from_dataset
-from .collate import BatchImageCollateFunction, batch_image_collate_fn, multiscale_sizes
-from .errors import InvalidAnnotationError
-from .images import BAD_IMAGE_REASONS, BadImageError, displayed_size, read_image
-from .pairing import (
+from rtdetrv2_icr.core.mscoco import (
+    MSCOCO_CATEGORIES,
+    mscoco_category_to_label,
+    mscoco_label_to_category,
+)
+from rtdetrv2_icr.data.annotations import CocoIndex, ImageRecord, load_coco_json
+from rtdetrv2_icr.data.coco import CocoDetection, get_coco_api_from_dataset
+from rtdetrv2_icr.data.collate import (
+    BatchImageCollateFunction,
+    batch_image_collate_fn,
+    multiscale_sizes,
+)
+from rtdetrv2_icr.data.errors import InvalidAnnotationError
+from rtdetrv2_icr.data.images import BAD_IMAGE_REASONS, BadImageError, displayed_size, read_image
+from rtdetrv2_icr.data.links import (
     assign_parents,
     containment,
     parent_idx_is_consistent,
     parents_by_label,
     remap_parent_idx,
 )
-from .stats import dataset_statistics, format_statistics, statistics_of_file
-from .synthetic import SceneConfig, draw_scene, write_dataset, write_split
-from .transforms import (
+from rtdetrv2_icr.data.transforms import (
     Compose,
     ConvertBoxes,
     ConvertPILImage,
@@ -32,7 +40,6 @@ from .transforms import (
     Resize,
     SanitizeBoundingBoxes,
 )
-from .yolo import format_pairing_summary, yolo_to_coco
 
 __all__ = [
     "MSCOCO_CATEGORIES",
@@ -56,13 +63,6 @@ __all__ = [
     "parent_idx_is_consistent",
     "parents_by_label",
     "remap_parent_idx",
-    "dataset_statistics",
-    "format_statistics",
-    "statistics_of_file",
-    "SceneConfig",
-    "draw_scene",
-    "write_dataset",
-    "write_split",
     "Compose",
     "ConvertBoxes",
     "ConvertPILImage",
@@ -74,6 +74,4 @@ __all__ = [
     "RandomZoomOut",
     "Resize",
     "SanitizeBoundingBoxes",
-    "format_pairing_summary",
-    "yolo_to_coco",
 ]

@@ -21,10 +21,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..core.mscoco import MSCOCO_CATEGORIES, mscoco_category_to_label, mscoco_label_to_category
-from .errors import InvalidAnnotationError, Problems
-from .links import FIRST_NAMED, PAIR_CHECKS, LoadContext, explicit_links, report_weak, weak_links
-from .pairing import assign_parents, parents_by_label
+from rtdetrv2_icr.core.mscoco import (
+    MSCOCO_CATEGORIES,
+    mscoco_category_to_label,
+    mscoco_label_to_category,
+)
+from rtdetrv2_icr.data.errors import InvalidAnnotationError, Problems
+from rtdetrv2_icr.data.link_check import (
+    FIRST_NAMED,
+    PAIR_CHECKS,
+    LoadContext,
+    explicit_links,
+    report_weak,
+    weak_links,
+)
+from rtdetrv2_icr.data.links import assign_parents, parents_by_label
 
 __all__ = ["CocoIndex", "ImageRecord", "load_coco_json"]
 

@@ -17,7 +17,7 @@ from typing import Dict, Sequence
 
 import torch
 
-from .images import BAD_IMAGE_REASONS, BadImageError
+from rtdetrv2_icr.data.images import BAD_IMAGE_REASONS, BadImageError
 
 __all__ = ["BadImageTally"]
 

@@ -20,12 +20,12 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ..core.registry import ConfigError, register
-from .annotations import CocoIndex, load_coco_json
-from .bad_images import BadImageTally
-from .errors import InvalidAnnotationError
-from .images import BadImageError, read_image
-from .links import PAIR_CHECKS
+from rtdetrv2_icr.core.registry import ConfigError, register
+from rtdetrv2_icr.data.annotations import CocoIndex, load_coco_json
+from rtdetrv2_icr.data.bad_images import BadImageTally
+from rtdetrv2_icr.data.errors import InvalidAnnotationError
+from rtdetrv2_icr.data.images import BadImageError, read_image
+from rtdetrv2_icr.data.link_check import PAIR_CHECKS
 
 __all__ = ["CocoDetection", "get_coco_api_from_dataset", "read_image"]
 

@@ -16,7 +16,7 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
-from ..core.registry import ConfigError, register
+from rtdetrv2_icr.core.registry import ConfigError, register
 
 __all__ = ["BatchImageCollateFunction", "batch_image_collate_fn", "multiscale_sizes"]
 

@@ -29,7 +29,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from .errors import InvalidAnnotationError
+from rtdetrv2_icr.data.errors import InvalidAnnotationError
 
 __all__ = [
     "BAD_IMAGE_REASONS",

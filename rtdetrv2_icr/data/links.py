@@ -1,122 +1,148 @@
-"""Explicit parent links of a COCO json: each ``parent_id`` is resolved and checked (phase 3
-of `annotations.load_coco_json`), and links whose child lies less than ``pair_min_containment``
-inside its parent are *weak*: reported, refused or not checked (``pair_check``).
+"""Parent links between objects: relations by class name, containment, and index bookkeeping.
+
+A *relation* says that objects of a child class (``plate``) sit on objects of a parent class
+(``vehicle``). Inside a target, ``parent_idx[i]`` is the position of object ``i``'s parent in the
+same target, or -1. Everything here works on plain lists / tensors so that the COCO reader, the
+YOLO importer, the statistics tool and the transforms share one definition.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Dict
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
-from ..ops.boxes import box_xywh_to_xyxy
-from .errors import InvalidAnnotationError, WeakLinkWarning
-from .pairing import containment
+from rtdetrv2_icr.core.relations import parent_of_list, resolve_relations
+from rtdetrv2_icr.ops.boxes import containment
 
 __all__ = [
-    "LoadContext",
-    "explicit_links",
-    "weak_links",
-    "report_weak",
-    "PAIR_CHECKS",
-    "FIRST_NAMED",
+    "link_detections",
+    "containment",
+    "parents_by_label",
+    "assign_parents",
+    "remap_parent_idx",
+    "parent_idx_is_consistent",
 ]
 
-PAIR_CHECKS = ("warn", "error", "off")
-FIRST_NAMED = 5  # weak links named in a message (and kept in the index)
+
+def parents_by_label(
+    relations: Optional[Sequence[dict]], class_names: Sequence[str], where: str = "config"
+) -> List[int]:
+    """``[{child: plate, parent: vehicle}]`` -> ``parent_of[label]`` (-1 when a label has no
+    parent class), through the one relation resolver of `core.relations`."""
+    names = list(class_names)
+    return parent_of_list(resolve_relations(relations, names, where), len(names))
 
 
-class LoadContext:
-    """What every phase of `load_coco_json` needs: the file, its class mapping, the relations,
-    and the problem collector."""
+def assign_parents(
+    boxes_xyxy: torch.Tensor,
+    labels: Sequence[int],
+    parent_of: Sequence[int],
+    min_containment: float = 0.5,
+    fixed: Optional[Sequence[int]] = None,
+    candidates: Optional[Sequence[bool]] = None,
+) -> Tuple[List[int], List[bool]]:
+    """Pair children with parents by containment, one child of a class per parent if possible.
 
-    def __init__(self, ann_file, names, c2l, parent_of, problem):
-        self.ann_file, self.names, self.c2l = ann_file, names, c2l
-        self.parent_of, self.problem = parent_of, problem
+    ``boxes_xyxy`` [N, 4], ``labels`` [N], ``parent_of[label]`` the parent label or -1.
+    ``fixed`` [N]: links already decided (parent index, or -1 = pair this child here); a parent
+    with a fixed link counts as taken for the other children of that class. ``candidates`` [N]:
+    which children may be paired here (default: every child without a fixed link).
 
+    Per child class, the unpaired children and the free parent-class objects are matched over the
+    pairs with containment >= ``min_containment``: first as many pairs as possible, then the
+    largest summed containment (scipy's ``linear_sum_assignment``). A child left over (every
+    parent that contains it enough is taken) then joins the parent-class object containing it
+    most (first maximum), and is flagged as sharing that parent.
 
-def explicit_links(data: dict, images: Dict[int, dict], kept: Dict[int, dict], ctx: LoadContext):
-    """Phase 3: child annotation id -> parent annotation id, or -1 (explicit orphan or a bad
-    link), for every ``parent_id`` on a child class; and the number of ``parent_id`` keys on
-    classes that are nobody's child (ignored)."""
-    original = {a["id"]: a for a in data["annotations"]}
-    link: Dict[int, int] = {}
-    ignored = 0
-    for aid, a in kept.items():
-        pid = a.get("parent_id")
-        if pid is None:
+    Returns ``(parent, shared)``: [N] parent index or -1, and [N] bool (True = shared parent).
+    """
+    n = len(labels)
+    parent = [int(p) for p in fixed] if fixed is not None else [-1] * n
+    shared = [False] * n
+    if n == 0:
+        return parent, shared
+    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float64).reshape(-1, 4)
+    for c in sorted(set(labels)):
+        p_cls = parent_of[c] if 0 <= c < len(parent_of) else -1
+        if p_cls < 0:
             continue
-        label = ctx.c2l[a["category_id"]]
-        if ctx.parent_of[label] < 0:
-            ignored += 1  # class has no parent class in the configured relations
+        kids = [
+            i
+            for i in range(n)
+            if labels[i] == c and parent[i] < 0 and (candidates is None or candidates[i])
+        ]
+        cands = [j for j in range(n) if labels[j] == p_cls]
+        if not kids or not cands:
             continue
-        link[aid] = -1
-        if pid == -1:
+        taken = {parent[i] for i in range(n) if labels[i] == c and parent[i] >= 0}
+        cont = containment(boxes[kids][:, None], boxes[cands][None]).numpy()  # [K, P]
+        ok = cont >= min_containment
+        free = np.array([j not in taken for j in cands])
+        # a weight above any sum of containments per pair: the number of pairs comes first
+        weight = np.where(ok & free[None], len(kids) + 1 + cont, 0.0)
+        for r, k in zip(*linear_sum_assignment(weight, maximize=True)):
+            if weight[r, k] > 0:
+                parent[kids[r]] = cands[k]
+        for r, i in enumerate(kids):
+            if parent[i] < 0 and ok[r].any():
+                parent[i] = cands[int(np.argmax(np.where(ok[r], cont[r], -1.0)))]
+                shared[i] = True
+    return parent, shared
+
+
+def link_detections(
+    boxes: np.ndarray, labels: np.ndarray, parent_of: Sequence[int], min_inside: float = 0.9
+) -> np.ndarray:
+    """For the detections of one image (boxes [N, 4] xyxy, labels [N]): the index of the
+    detection of the parent class that contains each child most, if at least ``min_inside`` of
+    the child's area lies inside it; -1 otherwise and for classes without a parent. -> [N]
+    int64. Inference draws these links; the relational consistency counts them."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    out = np.full(labels.shape[0], -1, dtype=np.int64)
+    boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    for child_cls, parent_cls in enumerate(parent_of):
+        if parent_cls < 0:
             continue
-        where = (
-            f"annotation id {aid} (image id {a['image_id']}, {images[a['image_id']]['file_name']})"
-        )
-        parent = kept.get(pid)
-        want = ctx.names[ctx.parent_of[label]]
-        if pid not in original:
-            ctx.problem(
-                "parent_missing", f"{where}: parent_id {pid} is not an annotation of the file"
-            )
-        elif parent is None:
-            ctx.problem(
-                "parent_skipped", f"{where}: parent_id {pid} points at an invalid annotation"
-            )
-        elif parent["image_id"] != a["image_id"]:
-            ctx.problem(
-                "parent_other_image",
-                f"{where}: parent_id {pid} belongs to another image "
-                f"(image id {parent['image_id']})",
-            )
-        elif ctx.names[ctx.c2l[parent["category_id"]]] != want or parent.get("iscrowd", 0):
-            got = ctx.names[ctx.c2l[parent["category_id"]]]
-            ctx.problem(
-                "parent_wrong_class",
-                f"{where}: parent_id {pid} is a {got!r}"
-                f"{' crowd region' if parent.get('iscrowd', 0) else ''}, but the parent of "
-                f"{ctx.names[label]!r} must be a {want!r}",
-            )
-        else:
-            link[aid] = pid
-    return link, ignored
+        ch = np.nonzero(labels == child_cls)[0]
+        pa = np.nonzero(labels == parent_cls)[0]
+        if ch.size == 0 or pa.size == 0:
+            continue
+        inside = containment(boxes_t[ch][:, None], boxes_t[pa][None]).numpy()  # [C, P]
+        best = inside.argmax(1)
+        ok = inside[np.arange(ch.size), best] >= min_inside
+        out[ch[ok]] = pa[best[ok]]
+    return out
 
 
-def weak_links(kept: Dict[int, dict], link: Dict[int, int], min_containment: float):
-    """Phase 3b: the explicit links (non-crowd child -> parent) whose child box lies less than
-    ``min_containment`` inside its parent box, in file order: [(child id, parent id, C)]."""
-    pairs = [
-        (aid, pid) for aid, pid in link.items() if pid >= 0 and not kept[aid].get("iscrowd", 0)
-    ]
-    if not pairs:
-        return []
+def remap_parent_idx(orig_parent: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Parent positions after objects were dropped or reordered.
 
-    def xyxy(ids):  # [L, 4]
-        return box_xywh_to_xyxy(torch.tensor([kept[i]["bbox"] for i in ids], dtype=torch.float64))
-
-    child = xyxy([c for c, _ in pairs])
-    parent = xyxy([p for _, p in pairs])
-    c = containment(child, parent).tolist()  # [L]
-    return [(a, p, v) for (a, p), v in zip(pairs, c) if v < min_containment]
+    ``orig_parent``: [N0] parent index in the original object list (-1 = none).
+    ``kept``: [N] original index of each object now present, in its new order.
+    Returns [N]: each object's parent position in the new list, -1 if the parent is gone.
+    """
+    kept = kept.long()
+    n0 = orig_parent.numel()
+    new_pos = torch.full((n0 + 1,), -1, dtype=torch.long, device=kept.device)  # slot n0 = "none"
+    new_pos[kept] = torch.arange(kept.numel(), device=kept.device)
+    parent = orig_parent.long().to(kept.device)[kept]
+    return new_pos[torch.where(parent >= 0, parent, torch.full_like(parent, n0))]
 
 
-def report_weak(weak, ann_file: str, min_containment: float, pair_check: str) -> None:
-    if not weak:
-        return
-    first = ", ".join(f"{a} -> {p} ({v:.2f})" for a, p, v in weak[:FIRST_NAMED])
-    msg = (
-        f"{ann_file}: {len(weak)} parent_id links where the child lies less than "
-        f"{min_containment:g} inside its parent (pair_min_containment); first (child -> "
-        f"parent annotation id, containment): {first}"
-    )
-    if pair_check == "error":
-        raise InvalidAnnotationError(f"{msg}. Fix the links, or set pair_check: warn to keep them")
-    warnings.warn(
-        f"{msg}. They are kept; pair_check: error refuses them, off skips this check",
-        WeakLinkWarning,
-        stacklevel=4,
-    )
+def parent_idx_is_consistent(
+    parent_idx: torch.Tensor, labels: torch.Tensor, parent_of: Sequence[int]
+) -> bool:
+    """True when every link points inside the target at an object of the right parent class."""
+    n = labels.numel()
+    if parent_idx.shape != labels.shape:
+        return False
+    for i in range(n):
+        p = int(parent_idx[i])
+        if p < 0:
+            continue
+        if p >= n or p == i or int(labels[p]) != parent_of[int(labels[i])]:
+            return False
+    return True

@@ -24,9 +24,9 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
-from ..core.registry import ConfigError, create, register
-from ..ops.letterbox import letterbox_layout
-from .pairing import remap_parent_idx
+from rtdetrv2_icr.core.registry import ConfigError, create, register
+from rtdetrv2_icr.data.links import remap_parent_idx
+from rtdetrv2_icr.ops.letterbox import letterbox_layout
 
 __all__ = [
     "Compose",

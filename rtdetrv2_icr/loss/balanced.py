@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..ops.boxes import box_cxcywh_to_xyxy, box_iou
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, box_iou
 
 __all__ = [
     "ScaleBalancedSettings",

@@ -15,8 +15,8 @@ from typing import Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..ops.boxes import inverse_sigmoid
-from ..ops.cbbl_grid import two_hot
+from rtdetrv2_icr.ops.boxes import inverse_sigmoid
+from rtdetrv2_icr.ops.cbbl_grid import two_hot
 
 __all__ = ["entropy", "cbbl_ce", "cbbl_um", "cbbl_terms"]
 

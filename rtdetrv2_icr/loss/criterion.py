@@ -8,7 +8,7 @@ One call scores every stage of the model output against the targets:
     dn      dn_aux_outputs[i]          dn_meta['dn_positive_idx']   _dn_{i}      num_boxes·groups
     enc     enc_aux_outputs[i]         Hungarian                    _enc_{i}     num_boxes
 
-    1. match every stage; gather the matched pairs of ALL stages into one ``Pairs`` ([ΣM])
+    1. match every stage; gather the matched pairs of ALL stages into one ``Matches`` ([ΣM])
     2. classification term (vfl / focal / bce) per stage over its [B,Q,C] logits
     3. per-box terms {'l1': [ΣM], 'iou': [ΣM]} for all stages at once, then the optional steps
        in this fixed order: C-BBL terms (cbbl_ce, cbbl_um) -> ICR -> scale-balanced ->
@@ -29,22 +29,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from ..core.registry import register
-from ..core.settings import settings_from
-from ..nn.cbbl_head import CBBLSettings
-from ..ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
-from ..ops.cbbl_grid import cbbl_grid
-from .balanced import (
+from rtdetrv2_icr.core.registry import register
+from rtdetrv2_icr.core.settings import settings_from
+from rtdetrv2_icr.loss.balanced import (
     IoUBalancedSettings,
     ScaleBalancedSettings,
     iou_balance_positives,
     iou_balance_terms,
     target_scale_weights,
 )
-from .cbbl import cbbl_terms
-from .icr import ICRPenalty
-from .iou import iou_family_loss, parse_iou_kind
-from .pairs import Pairs, Stage, TargetBatch, concat_targets, dn_indices, gather_pairs
+from rtdetrv2_icr.loss.cbbl import cbbl_terms
+from rtdetrv2_icr.loss.icr import ICRPenalty
+from rtdetrv2_icr.loss.iou import iou_family_loss, parse_iou_kind
+from rtdetrv2_icr.loss.matches import (
+    Matches,
+    Stage,
+    TargetBatch,
+    concat_targets,
+    dn_indices,
+    gather_matches,
+)
+from rtdetrv2_icr.nn.cbbl_head import CBBLSettings
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
+from rtdetrv2_icr.ops.cbbl_grid import cbbl_grid
 
 __all__ = ["RTDETRCriterionv2", "iou_loss_name"]
 
@@ -160,13 +167,13 @@ class RTDETRCriterionv2(nn.Module):
         if self.icr.active:
             batch.icr = self.icr.prepare(batch.labels, batch.boxes, batch.parent_row)
         stages = self.match_stages(outputs, targets, self._num_boxes(batch, device))
-        pairs = gather_pairs(stages, batch)
-        weight = self._boxes_weight(pairs)  # [ΣM] or None
+        matches = gather_matches(stages, batch)
+        weight = self._boxes_weight(matches)  # [ΣM] or None
         pair_iou = None  # detached IoU, [ΣM]
         if "vfl" in self.losses or self.iou_balanced is not None:
             pair_iou = paired_box_iou(
-                box_cxcywh_to_xyxy(pairs.pred_boxes.detach()),
-                box_cxcywh_to_xyxy(pairs.target_boxes),
+                box_cxcywh_to_xyxy(matches.pred_boxes.detach()),
+                box_cxcywh_to_xyxy(matches.target_boxes),
                 EPS,
             )[0]
         score = weight if weight is not None else pair_iou  # VFL's soft targets
@@ -174,16 +181,17 @@ class RTDETRCriterionv2(nn.Module):
         per_stage: List[Dict[str, torch.Tensor]] = [{} for _ in stages]
         for name in self.losses:
             if name == "boxes":
-                for s, terms in enumerate(self._box_losses(pairs, stages, batch, weight, pair_iou)):
+                box_terms = self._box_losses(matches, stages, batch, weight, pair_iou)
+                for s, terms in enumerate(box_terms):
                     per_stage[s].update(terms)
                 continue
             for s, st in enumerate(stages):
-                rows = slice(pairs.bounds[s], pairs.bounds[s + 1])
+                rows = slice(matches.bounds[s], matches.bounds[s + 1])
                 per_stage[s].update(
                     self._label_loss(
                         name,
                         st,
-                        pairs,
+                        matches,
                         rows,
                         batch,
                         score[rows] if name == "vfl" else None,
@@ -241,20 +249,20 @@ class RTDETRCriterionv2(nn.Module):
                 st.indices = stages[0].indices
         return stages
 
-    # ---- pairs and box terms --------------------------------------------------------------
-    def _boxes_weight(self, pairs: Pairs) -> Optional[torch.Tensor]:
+    # ---- matches and box terms -------------------------------------------------------------
+    def _boxes_weight(self, matches: Matches) -> Optional[torch.Tensor]:
         """Upstream's boxes_weight_format: IoU or GIoU of each (detached) pair, [ΣM]."""
         if self.boxes_weight_format is None:
             return None
-        pred = box_cxcywh_to_xyxy(pairs.pred_boxes.detach())
-        gt = box_cxcywh_to_xyxy(pairs.target_boxes)
+        pred = box_cxcywh_to_xyxy(matches.pred_boxes.detach())
+        gt = box_cxcywh_to_xyxy(matches.target_boxes)
         if self.boxes_weight_format == "iou":
             return paired_box_iou(pred, gt, EPS)[0]
         return paired_generalized_box_iou(pred, gt, EPS)
 
     def _box_losses(
         self,
-        pairs: Pairs,
+        matches: Matches,
         stages: List[Stage],
         batch: TargetBatch,
         weight: Optional[torch.Tensor],
@@ -263,10 +271,10 @@ class RTDETRCriterionv2(nn.Module):
         """Unweighted box losses of every stage: [{loss_bbox: .., loss_giou: ..}] per stage.
         weight: upstream's boxes_weight_format per pair; pair_iou: detached IoU per pair."""
         terms = {  # per box, [ΣM]
-            "l1": (pairs.pred_boxes - pairs.target_boxes).abs().sum(-1),
+            "l1": (matches.pred_boxes - matches.target_boxes).abs().sum(-1),
             "iou": iou_family_loss(
-                pairs.pred_boxes,
-                pairs.target_boxes,
+                matches.pred_boxes,
+                matches.target_boxes,
                 self.iou_type,
                 self.inner_ratio,
                 EPS,
@@ -280,16 +288,16 @@ class RTDETRCriterionv2(nn.Module):
                 cbbl_terms(
                     self.cbbl_grid,
                     stages,
-                    pairs.batch_idx,
-                    pairs.query_idx,
-                    pairs.target_boxes,
-                    pairs.bounds,
+                    matches.batch_idx,
+                    matches.query_idx,
+                    matches.target_boxes,
+                    matches.bounds,
                 )
             )
             if self.cbbl.replace_l1:
                 del terms["l1"]
         if self.icr.active:
-            terms = self._apply_icr(terms, pairs, stages, batch)
+            terms = self._apply_icr(terms, matches, stages, batch)
         if self.scale_balanced is not None:
             enc = [st for st in stages if st.kind == "enc"]
             if not enc:
@@ -303,24 +311,25 @@ class RTDETRCriterionv2(nn.Module):
                 [t["boxes"] for t in batch.targets],
             )
             self.last_scale_weights = w_target.detach()
-            w = w_target[pairs.flat_tgt].to(pairs.pred_boxes.dtype)
+            w = w_target[matches.flat_tgt].to(matches.pred_boxes.dtype)
             terms = {k: v * w for k, v in terms.items()}
         if self.iou_balanced is not None and self.iou_balanced.loc_lambda is not None:
-            terms = iou_balance_terms(terms, pair_iou, pairs.bounds, self.iou_balanced.loc_lambda)
+            terms = iou_balance_terms(terms, pair_iou, matches.bounds, self.iou_balanced.loc_lambda)
 
         names = {"l1": "loss_bbox", "iou": self.iou_name}
         out: List[Dict[str, torch.Tensor]] = [{} for _ in stages]
         for key, per_box in terms.items():
             for s, st in enumerate(stages):
-                rows = slice(pairs.bounds[s], pairs.bounds[s + 1])
+                rows = slice(matches.bounds[s], matches.bounds[s + 1])
                 out[s][names.get(key, f"loss_{key}")] = per_box[rows].sum() / st.norm
         return out
 
-    def _apply_icr(self, terms, pairs: Pairs, stages: List[Stage], batch: TargetBatch):
+    def _apply_icr(self, terms, matches: Matches, stages: List[Stage], batch: TargetBatch):
         on = [st.kind in self.icr.settings.apply_to for st in stages]
-        apply = None if all(on) else torch.tensor(on, device=pairs.stage_id.device)[pairs.stage_id]
+        m = matches
+        apply = None if all(on) else torch.tensor(on, device=m.stage_id.device)[m.stage_id]
         return self.icr(
-            terms, pairs.pred_boxes, pairs.flat_tgt, batch.icr, apply=apply, record=pairs.bounds[1]
+            terms, m.pred_boxes, m.flat_tgt, batch.icr, apply=apply, record=m.bounds[1]
         )  # final layer's statistics
 
     @property
@@ -333,7 +342,7 @@ class RTDETRCriterionv2(nn.Module):
         self,
         name: str,
         st: Stage,
-        pairs: Pairs,
+        matches: Matches,
         rows: slice,
         batch: TargetBatch,
         vfl_score: Optional[torch.Tensor],
@@ -345,8 +354,8 @@ class RTDETRCriterionv2(nn.Module):
         classification weights)."""
         logits = st.outputs["pred_logits"]  # [B,Q,C]
         self._check_classes(st.outputs, 1 if st.agnostic else self.num_classes, st.kind + st.suffix)
-        b, q = pairs.batch_idx[rows], pairs.query_idx[rows]
-        labels = batch.labels[pairs.flat_tgt[rows]]
+        b, q = matches.batch_idx[rows], matches.query_idx[rows]
+        labels = batch.labels[matches.flat_tgt[rows]]
         if st.agnostic:
             labels = torch.zeros_like(labels)
         norm = st.norm

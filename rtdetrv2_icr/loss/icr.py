@@ -15,9 +15,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..core.relations import parent_of_list, resolve_relations
-from ..core.settings import settings_from
-from ..ops.boxes import box_cxcywh_to_xyxy, containment
+from rtdetrv2_icr.core.relations import parent_of_list, resolve_relations
+from rtdetrv2_icr.core.settings import settings_from
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, containment
 
 __all__ = ["ICRSettings", "ICRPenalty", "ICRTargets", "icr_factor", "MODES", "STAGES"]
 

@@ -34,7 +34,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..ops.boxes import area_floor, box_cxcywh_to_xyxy, enclosing_wh, paired_box_iou
+from rtdetrv2_icr.ops.boxes import area_floor, box_cxcywh_to_xyxy, enclosing_wh, paired_box_iou
 
 __all__ = ["BASE_KINDS", "parse_iou_kind", "iou_family_loss"]
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
-from ..core.registry import register
-from ..ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from rtdetrv2_icr.core.registry import register
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 __all__ = ["HungarianMatcher"]
 

@@ -1,3 +1,12 @@
 """Model components of RT-DETRv2 (backbone, hybrid encoder, decoder, post-processor)."""
 
-from . import attention, backbone, common, decoder, denoising, encoder, postprocessor, rtdetr  # noqa: F401
+from rtdetrv2_icr.nn import (  # noqa: F401
+    attention,
+    backbone,
+    common,
+    decoder,
+    denoising,
+    encoder,
+    postprocessor,
+    rtdetr,
+)

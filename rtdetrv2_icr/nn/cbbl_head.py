@@ -16,9 +16,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..core.settings import settings_from
-from ..ops.cbbl_grid import cbbl_grid, expected_offset
-from .common import MLP
+from rtdetrv2_icr.core.settings import settings_from
+from rtdetrv2_icr.nn.common import MLP
+from rtdetrv2_icr.ops.cbbl_grid import cbbl_grid, expected_offset
 
 __all__ = ["DistributionBoxHead", "CBBLSettings"]
 

@@ -36,13 +36,13 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..core.registry import register
-from ..ops.boxes import inverse_sigmoid
-from .anchors import generate_anchors
-from .cbbl_head import CBBLSettings, DistributionBoxHead
-from .common import MLP, prior_prob_bias
-from .decoder_layer import DecoderStack, TransformerDecoderLayer
-from .denoising import build_denoising_group, check_targets
+from rtdetrv2_icr.core.registry import register
+from rtdetrv2_icr.nn.anchors import generate_anchors
+from rtdetrv2_icr.nn.cbbl_head import CBBLSettings, DistributionBoxHead
+from rtdetrv2_icr.nn.common import MLP, prior_prob_bias
+from rtdetrv2_icr.nn.decoder_layer import DecoderStack, TransformerDecoderLayer
+from rtdetrv2_icr.nn.denoising import build_denoising_group, check_targets
+from rtdetrv2_icr.ops.boxes import inverse_sigmoid
 
 __all__ = ["RTDETRTransformerv2"]
 

@@ -8,8 +8,8 @@ import copy
 
 import torch.nn as nn
 
-from .attention import MSDeformableAttention
-from .common import get_activation
+from rtdetrv2_icr.nn.attention import MSDeformableAttention
+from rtdetrv2_icr.nn.common import get_activation
 
 __all__ = ["TransformerDecoderLayer", "DecoderStack"]
 

@@ -25,7 +25,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 
 __all__ = ["DenoisingGroup", "build_denoising_group", "denoising_attn_mask", "check_targets"]
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.registry import register
-from .common import ConvNormLayer, CSPRepLayer, RepVggBlock, get_activation
+from rtdetrv2_icr.core.registry import register
+from rtdetrv2_icr.nn.common import ConvNormLayer, CSPRepLayer, RepVggBlock, get_activation
 
 __all__ = ["sincos_pos_embed_2d", "TransformerEncoderLayer", "TransformerEncoder", "HybridEncoder"]
 

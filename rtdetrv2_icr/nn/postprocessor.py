@@ -5,10 +5,10 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..core.mscoco import MSCOCO_CATEGORY_IDS
-from ..core.registry import register
-from ..ops.boxes import box_cxcywh_to_xyxy
-from ..ops.letterbox import letterbox_layout
+from rtdetrv2_icr.core.mscoco import MSCOCO_CATEGORY_IDS
+from rtdetrv2_icr.core.registry import register
+from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy
+from rtdetrv2_icr.ops.letterbox import letterbox_layout
 
 __all__ = ["RTDETRPostProcessor", "MSCOCO_CATEGORY_IDS"]
 

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from ..core.registry import register
+from rtdetrv2_icr.core.registry import register
 
 __all__ = ["RTDETR"]
 

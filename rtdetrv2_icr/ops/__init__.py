@@ -5,7 +5,7 @@
 `letterbox`: where an image lands in a canvas when resized with its aspect ratio kept.
 """
 
-from .boxes import (
+from rtdetrv2_icr.ops.boxes import (
     box_area,
     box_cxcywh_to_xyxy,
     box_iou,
@@ -18,8 +18,8 @@ from .boxes import (
     paired_generalized_box_iou,
     paired_intersection,
 )
-from .cbbl_grid import cbbl_grid, expected_offset, two_hot
-from .letterbox import letterbox_layout
+from rtdetrv2_icr.ops.cbbl_grid import cbbl_grid, expected_offset, two_hot
+from rtdetrv2_icr.ops.letterbox import letterbox_layout
 
 __all__ = [
     "box_area",

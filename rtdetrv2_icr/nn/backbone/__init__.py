@@ -1,3 +1,3 @@
 """Backbones (registered on import)."""
 
-from .presnet import PRETRAINED_URLS, PResNet  # noqa: F401
+from rtdetrv2_icr.nn.backbone.presnet import PRETRAINED_URLS, PResNet  # noqa: F401

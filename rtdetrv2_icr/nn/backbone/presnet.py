@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.registry import register
-from ..common import ConvNormLayer, freeze_batch_norm2d, get_activation
+from rtdetrv2_icr.core.registry import register
+from rtdetrv2_icr.nn.common import ConvNormLayer, freeze_batch_norm2d, get_activation
 
 __all__ = ["PResNet", "BasicBlock", "BottleNeck", "PRETRAINED_URLS"]
 

@@ -1,0 +1,3 @@
+"""Using a trained model: pre-processing from a config, the deploy model and its ONNX export,
+onnxruntime, the `Predictor` over images, folders and videos, media input/output and drawing.
+Nothing here is imported by training; onnx, onnxruntime and PyAV are imported only when used."""
