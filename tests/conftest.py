@@ -17,3 +17,9 @@ if settings is not None:
     settings.register_profile("ci", derandomize=True, database=None, **_common)
     settings.register_profile("explore", derandomize=False, **_common)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests marked ``slow`` first: with pytest-xdist the long ones then overlap with the
+    many short ones instead of leaving one worker busy at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -31,13 +31,13 @@ def _gflops(module, size):
     return counter.get_total_flops() / 1e9
 
 
+@pytest.mark.slow
 def test_benchmark_reports_the_model(tmp_path):
     import uav_detr_icr  # noqa: F401
     from rtdetrv2_icr.core import YAMLConfig
 
     # 300 queries need at least 300 encoder cells: 128 px gives 16² + 8² + 4² = 336
     small, table = _run(tmp_path, 128)
-    large, _ = _run(tmp_path, 256)
     cfg = YAMLConfig(os.path.join(ROOT, "configs/rtdetrv2/rtdetrv2_r18vd_svmlp.yml"))
     cfg.disable_pretrained()
     model = cfg.model.eval()
@@ -45,7 +45,7 @@ def test_benchmark_reports_the_model(tmp_path):
     assert small["gflops"] == pytest.approx(_gflops(model, 128), rel=1e-9)
     # the backbone's convolutions scale exactly with the pixels; the decoder's 300 queries do not
     assert _gflops(model.backbone, 256) == pytest.approx(4 * _gflops(model.backbone, 128), rel=1e-9)
-    assert 2.0 < large["gflops"] / small["gflops"] < 4.0
+    assert 2.0 < _gflops(model, 256) / small["gflops"] < 4.0
     for key in ("latency_b1_ms", "throughput_b1_img_s", "train_step_b2_s", "peak_memory_mb"):
         assert small[key] > 0, key
     assert "| rtdetrv2_r18 | `rtdetrv2_r18vd_svmlp.yml` |" in table

@@ -175,6 +175,7 @@ COMBOS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMBOS))
 def test_training_steps_stay_finite(name):
     """200 AdamW steps on two fixed images for every option and the full combination (the

@@ -35,6 +35,7 @@ def fault_env(fault, **extra):
     return dict(os.environ, ICR_FAULT=fault, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **extra)
 
 
+@pytest.mark.slow
 def test_kill_while_writing_checkpoint_keeps_previous_and_resume_finishes(tmp_path):
     data = make_data(tmp_path / "d", n_train=2, n_val=1, n_test=1)
     out = tmp_path / "out"
@@ -171,6 +172,7 @@ def kill_all(p, pid_dir):
     p.wait()
 
 
+@pytest.mark.slow
 def test_exception_on_one_rank_ends_both_ranks(tmp_path):
     data = make_data(tmp_path / "d", n_train=4, n_val=1, n_test=1)
     cfg = write_config(tmp_path, data, str(tmp_path / "out"), extra="epoches: 1\n")
@@ -221,6 +223,7 @@ def flat_metrics(report):
     return out
 
 
+@pytest.mark.slow
 def test_two_process_eval_of_one_image_counts_it_once(tmp_path, cfg, monkeypatch):
     dist.seed_everything(0)
     ckpt = str(tmp_path / "w.pth")

@@ -46,6 +46,7 @@ def study(args, **kw):
     )
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_summarises(tmp_path):
     data = make_data(tmp_path / "d", n_train=4, n_val=2, n_test=2)
     cfg = write_config(tmp_path, data, str(tmp_path / "unused"))
