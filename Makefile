@@ -6,11 +6,10 @@ STAMP  := $(VENV)/.installed
 DEV    := pytest pytest-xdist hypothesis ruff==0.17.6
 WORKERS ?= 2
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt $(DEV)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
@@ -18,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) tests
+	$(PY) -m pytest -n $(WORKERS) --dist worksteal tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -31,6 +30,11 @@ format: $(STAMP)
 demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory install && \
 	$(PY) tools/demo.py --install-seconds $$(( $$(date +%s) - $$start ))
+
+# on a CUDA machine: train-step time, memory and host syncs per precision, fp32 vs autocast
+# evaluation, determinism (docs/gpu.md); exits non-zero without a GPU
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py --out gpu_check.md
 
 clean:
 	rm -rf $(VENV) output

@@ -1,6 +1,11 @@
 """`torchrun --nproc_per_node=2` on CPU (gloo): one epoch with an all-empty batch on one rank,
 evaluation that sees every val/test image exactly once under a padded DistributedSampler, and
-DDP evaluation equal to single-process evaluation (across the two COCO backends)."""
+DDP evaluation equal to single-process evaluation (across the two COCO backends).
+
+The training run goes through tests/ddp_worker.py: a strict stand-in for NCCL refuses any
+collective not made by rtdetrv2_icr/core/collectives.py (which moves tensors to the group's
+device), and rank 0 writes each checkpoint late, so a rank that read best.pth or last.pth
+before the write had landed would evaluate other weights than rank 0, or find no file."""
 
 import json
 import os
@@ -30,6 +35,7 @@ def torchrun(*args, timeout=300, env=None):
     return p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_two_process_train_and_eval(tmp_path):
     # train images 0 and 2 have no targets: unshuffled, rank 0 gets exactly those two (an all-empty
     # batch, so no denoising queries there) while rank 1 gets targets
@@ -37,16 +43,26 @@ def test_two_process_train_and_eval(tmp_path):
     out = tmp_path / "out"
     cfg = write_config(tmp_path, data, str(out), extra="epoches: 1\n")
     log = torchrun(
-        os.path.join(REPO, "tools", "train.py"),
-        "-c",
+        os.path.join(REPO, "tests", "ddp_worker.py"),
         cfg,
-        "-d",
-        "cpu",
+        "--out",
+        str(out),
+        "--delay-save",
+        "1.5",
+        "--eval-split",
+        "test",
         "-u",
         "train_dataloader.shuffle=False",
         "train_dataloader.total_batch_size=4",
     )
     assert "x2 process(es)" in log
+    # the strict stand-in saw the meters' and the criterion's all-reduces, and passed them
+    for rank in (0, 1):
+        seen = json.load(open(out / f"collectives{rank}.json"))
+        assert "all_reduce" in seen and "all_gather_object" in seen, seen
+    # both ranks evaluated the same file with the same weights, though rank 0 wrote it late
+    digests = [json.load(open(out / f"digest{rank}.json")) for rank in (0, 1)]
+    assert digests[0] == digests[1] and digests[0]["path"] == "best.pth", digests
     rec = json.loads(open(out / "log.txt").read().splitlines()[-1])
     # 5 val images, 1 per rank and batch: the sampler pads to 6, the evaluator keeps 5
     assert rec["val_num_images"] == 5 and rec["val_duplicates_dropped"] == 1

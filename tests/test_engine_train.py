@@ -101,6 +101,7 @@ def run(cfg_path, seed=0, **overrides):
     return trainer
 
 
+@pytest.mark.slow
 def test_overfit_two_images(tmp_path):
     data = make_data(tmp_path / "d", n_train=2, n_val=1, n_test=1)
     cfg = write_config(tmp_path, data, str(tmp_path / "out"))
@@ -134,6 +135,7 @@ def test_overfit_two_images(tmp_path):
     assert min(losses[-5:]) <= 0.5 * losses[0], (losses[0], losses[-5:])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_logs(tmp_path, data):
     cfg = write_config(tmp_path / "a", data, str(tmp_path / "full"))
     full = run(cfg)
@@ -325,3 +327,23 @@ def test_gradient_accumulation_steps_every_n_batches(tmp_path, data):
     tr.train_one_epoch(0)  # 4 batches of 1 image -> 2 optimiser steps
     assert tr.global_step == 4 and tr.ema.updates == 2 and tr.lr_warmup.last_step == 2
     assert all(len(s) > 0 for s in tr.optimizer.state.values())
+
+
+def test_evaluation_runs_in_fp32_unless_eval_amp(tmp_path, data):
+    """use_amp (here bf16 autocast, which a CPU has) is for training: validation, best.pth and
+    test metrics are computed in fp32 and equal a run without AMP; eval_amp: true opts in."""
+    from rtdetrv2_icr.evaluate.loop import evaluate_checkpoint
+
+    cfg = write_config(tmp_path, data, str(tmp_path / "unused"))
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pth"
+    torch.save({"model": YAMLConfig(cfg).model.state_dict()}, path)
+
+    def detections(name, **overrides):
+        out = tmp_path / name
+        evaluate_checkpoint(YAMLConfig(cfg, device="cpu", **overrides), str(path), "val", str(out))
+        return json.load(open(out / "predictions.json"))
+
+    fp32 = detections("fp32")
+    assert detections("amp", use_amp=True, amp_dtype="bfloat16") == fp32
+    assert detections("eval_amp", use_amp=True, amp_dtype="bfloat16", eval_amp=True) != fp32

@@ -28,6 +28,9 @@ __all__ = ["SemanticAlignmentCalibration"]
 
 
 class SemanticAlignmentCalibration(nn.Module):
+    # its backward has no deterministic CUDA kernel (see runtime/reproducibility.py)
+    cuda_nondeterministic_ops = ("grid_sample backward (bilinear sampling)",)
+
     def __init__(
         self, in_channels: Sequence[int], groups: int = 2, offset_hidden: int = 64, act="silu"
     ):

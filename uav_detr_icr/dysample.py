@@ -23,6 +23,9 @@ class DySample(nn.Module):
     """x`scale` upsampler. ``style`` 'lp' predicts offsets from the input map, 'pl' from its pixel-
     shuffled version; ``dyscope`` adds a learned sigmoid range for the offsets (otherwise 0.25)."""
 
+    # its backward has no deterministic CUDA kernel (see runtime/reproducibility.py)
+    cuda_nondeterministic_ops = ("grid_sample backward (bilinear sampling)",)
+
     def __init__(
         self,
         in_channels: int,

@@ -26,8 +26,7 @@ from rtdetrv2_icr.runtime import checkpoint, dist
 from rtdetrv2_icr.runtime.config_check import check_checkpoint, check_config
 from rtdetrv2_icr.runtime.loaders import build_dataloader, targets_to
 from rtdetrv2_icr.runtime.log import get_logger
-from rtdetrv2_icr.runtime.precision import amp_dtype as config_amp_dtype
-from rtdetrv2_icr.runtime.precision import autocast, float_outputs
+from rtdetrv2_icr.runtime.precision import autocast, eval_amp_dtype, float_outputs
 
 __all__ = ["EvalProgress", "run_inference", "evaluate", "evaluate_checkpoint"]
 
@@ -162,7 +161,7 @@ def evaluate_checkpoint(
             evaluator,
             device,
             split=split,
-            amp_dtype=config_amp_dtype(cfg, device),
+            amp_dtype=eval_amp_dtype(cfg, device),
             writer=writer,
             step=max(last, 0) if isinstance(last, int) else 0,
             out_dir=out_dir,

@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from rtdetrv2_icr.core.collectives import all_reduce_mean
 from rtdetrv2_icr.core.registry import register
 from rtdetrv2_icr.core.settings import settings_from
 from rtdetrv2_icr.loss.balanced import (
@@ -210,7 +210,7 @@ class RTDETRCriterionv2(nn.Module):
             )
         return losses
 
-    def match_stages(self, outputs: dict, targets: List[dict], num_boxes: float) -> List[Stage]:
+    def match_stages(self, outputs: dict, targets: List[dict], num_boxes) -> List[Stage]:
         """Every scored head output with its matching, in upstream's order final, aux, dn, enc.
         The Hungarian stages are matched together (`HungarianMatcher.match_many`)."""
         main = {k: v for k, v in outputs.items() if "aux" not in k}
@@ -388,9 +388,7 @@ class RTDETRCriterionv2(nn.Module):
             )
 
     @staticmethod
-    def _num_boxes(batch: TargetBatch, device) -> float:
-        n = torch.tensor([float(len(batch.labels))], device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(n)
-            n = n / dist.get_world_size()
-        return n.clamp(min=1).item()
+    def _num_boxes(batch: TargetBatch, device) -> torch.Tensor:
+        """A 0-d tensor on ``device``: the loss divides by it without a host sync."""
+        n = torch.tensor(float(len(batch.labels)), device=device)
+        return all_reduce_mean(n).clamp(min=1)

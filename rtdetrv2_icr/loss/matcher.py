@@ -92,7 +92,16 @@ class HungarianMatcher(nn.Module):
                     if sizes[i]:
                         blocks.append(block[i].reshape(-1))
                         shapes.append(block[i].shape)
-        host = torch.cat(blocks).cpu().split([a * b for a, b in shapes]) if blocks else []
+        # a NaN or inf prediction makes the cost non-finite and scipy refuses it; a finite
+        # stand-in lets the match go through, the loss then comes out non-finite and the
+        # training step is skipped and counted (max_bad_steps) instead of ending the run
+        host = (
+            torch.nan_to_num(torch.cat(blocks), nan=1e8, posinf=1e8, neginf=-1e8)
+            .cpu()
+            .split([a * b for a, b in shapes])
+            if blocks
+            else []
+        )
         k = 0
         for outputs, targets in jobs:
             device = outputs["pred_logits"].device

@@ -39,7 +39,7 @@ class Stage:
     suffix: str
     outputs: dict
     indices: list  # [(query_idx, target_idx)] per image
-    norm: float
+    norm: torch.Tensor  # 0-d, on the outputs' device (or a float)
     agnostic: bool = False
 
 
@@ -81,12 +81,20 @@ def concat_targets(targets: List[dict], device, parents: bool = False) -> Target
         p = torch.cat(
             [torch.as_tensor(t["parent_idx"]).reshape(-1).to(device, torch.int64) for t in targets]
         )  # [ΣT] within the image
-        if bool(((p >= sizes.repeat_interleave(sizes)) | (p < -1)).any()):
-            raise ValueError(
-                "parent_idx points outside its own target (values must be -1 "
-                "or < number of objects in the image)"
-            )
-        batch.parent_row = torch.where(p >= 0, p + offsets.repeat_interleave(sizes), -1)
+        n = len(p)
+        bad = ((p >= sizes.repeat_interleave(sizes, output_size=n)) | (p < -1)).any()
+        msg = (
+            "parent_idx points outside its own target (values must be -1 "
+            "or < number of objects in the image)"
+        )
+        if torch.device(device).type == "cpu":
+            if bool(bad):
+                raise ValueError(msg)
+        else:  # checked on the device, without waiting for it
+            torch._assert_async(~bad, msg)
+        batch.parent_row = torch.where(
+            p >= 0, p + offsets.repeat_interleave(sizes, output_size=n), -1
+        )
     return batch
 
 
@@ -96,8 +104,12 @@ def gather_matches(stages: List[Stage], batch: TargetBatch) -> Matches:
     sid, b, q, t, boxes, bounds = [], [], [], [], [], [0]
     for s, st in enumerate(stages):
         qs = torch.cat([src for src, _ in st.indices]).to(device)
-        counts = torch.tensor([len(src) for src, _ in st.indices], device=device)
-        bs = torch.repeat_interleave(torch.arange(len(st.indices), device=device), counts)
+        counts = [len(src) for src, _ in st.indices]  # host ints: no device sync
+        bs = torch.repeat_interleave(
+            torch.arange(len(counts), device=device),
+            torch.tensor(counts, device=device),
+            output_size=sum(counts),
+        )
         ts = torch.cat([tgt for _, tgt in st.indices]).to(device) + batch.offsets[bs]
         sid.append(torch.full((len(qs),), s, dtype=torch.int64, device=device))
         b.append(bs), q.append(qs), t.append(ts)

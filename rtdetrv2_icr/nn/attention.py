@@ -157,6 +157,11 @@ class MSDeformableAttention(nn.Module):
         if method == "discrete":  # nearest-cell reads give no gradient to the locations
             self.sampling_offsets.requires_grad_(False)
 
+    @property
+    def cuda_nondeterministic_ops(self) -> tuple:
+        """Operations of this module's backward that have no deterministic CUDA kernel."""
+        return ("grid_sample backward (bilinear sampling)",) if self.method == "default" else ()
+
     def _init_weights(self):
         # start with head h's points spread along direction angle 2*pi*h/H, k-th point at distance k
         nn.init.zeros_(self.sampling_offsets.weight)

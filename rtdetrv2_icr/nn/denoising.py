@@ -64,12 +64,14 @@ def check_targets(targets, num_classes: int) -> None:
                 f"labels {tuple(labels.shape)} and boxes {tuple(boxes.shape)}"
             )
     labels = torch.cat([t["labels"].reshape(-1) for t in targets]) if targets else None
-    if (
-        labels is not None
-        and labels.numel()
-        and bool(((labels < 0) | (labels >= num_classes)).any())
-    ):
-        for i, t in enumerate(targets):  # one host sync per batch; name the image when it fails
+    if labels is None or not labels.numel():
+        return
+    bad = ((labels < 0) | (labels >= num_classes)).any()
+    if labels.device.type != "cpu":  # checked on the device, without waiting for it
+        torch._assert_async(~bad, f"target labels must lie in [0, {num_classes})")
+        return
+    if bool(bad):
+        for i, t in enumerate(targets):  # name the image that fails
             lab = t["labels"]
             if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
                 raise ValueError(

@@ -35,12 +35,19 @@ class RTDETR(nn.Module):
 
     def train(self, mode: bool = True) -> "RTDETR":
         """Also lay the convolution weights out channels-last in training and back in eval (the
-        same Parameter objects: optimiser state and EMA are unaffected)."""
+        same Parameter objects: optimiser state and EMA are unaffected).
+
+        The strides are set exactly, not just "contiguous in that format": a 1x1 kernel is both,
+        but its gradient comes back with channels-last strides, and a gradient whose strides
+        differ from its weight's costs DDP a copy into its bucket every step."""
         super().train(mode)
         layout = torch.channels_last if mode else torch.contiguous_format
         for p in self.parameters():
-            if p.dim() == 4 and not p.is_contiguous(memory_format=layout):
-                p.data = p.data.contiguous(memory_format=layout)
+            if p.dim() != 4:
+                continue
+            laid = torch.empty_like(p.data, memory_format=layout)
+            if p.stride() != laid.stride():
+                p.data = laid.copy_(p.data)
         return self
 
     def deploy(self) -> "RTDETR":

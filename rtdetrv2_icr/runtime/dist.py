@@ -1,8 +1,10 @@
 """Process-group helpers: one code path for a plain `python` run and for `torchrun`.
 
 `torchrun` exports RANK, LOCAL_RANK and WORLD_SIZE; when they are present we join the process
-group (`nccl` for CUDA devices, `gloo` for CPU). Everything else here degrades to a no-op in a
-single process, so callers never branch on "am I distributed".
+group: `cpu:gloo,cuda:nccl` on a CUDA device (NCCL for CUDA tensors, gloo for anything on the
+CPU), `gloo` on a CPU. The collectives themselves live in `core/collectives.py`, which moves
+every tensor to the group's device; this module re-exports them. Everything degrades to a no-op
+in a single process, so callers never branch on "am I distributed".
 
 A tool wraps its run in `run_guard()`: a rank that fails ends its process at once with a non-zero
 code instead of waiting for ranks blocked in a collective it will never join; torchrun then stops
@@ -18,12 +20,27 @@ import sys
 import traceback
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.distributed as tdist
 import torch.nn as nn
+
+from rtdetrv2_icr.core.collectives import (
+    all_gather_object,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    collective_device,
+    get_rank,
+    get_world_size,
+    is_dist,
+    is_main_process,
+    reduce_dict,
+    set_collective_device,
+)
 
 __all__ = [
     "init_distributed",
@@ -39,6 +56,9 @@ __all__ = [
     "broadcast_object",
     "reduce_dict",
     "all_reduce_sum",
+    "all_reduce_mean",
+    "collective_device",
+    "set_collective_device",
     "wrap_model",
     "unwrap_model",
     "seed_everything",
@@ -46,24 +66,8 @@ __all__ = [
 ]
 
 
-def is_dist() -> bool:
-    return tdist.is_available() and tdist.is_initialized()
-
-
-def get_rank() -> int:
-    return tdist.get_rank() if is_dist() else 0
-
-
-def get_world_size() -> int:
-    return tdist.get_world_size() if is_dist() else 1
-
-
 def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def pick_device(requested: Optional[str] = None) -> torch.device:
@@ -88,13 +92,15 @@ def init_distributed(device: Optional[str] = None, timeout_min: float = 30.0) ->
         torch.cuda.set_device(dev)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if launched and not is_dist():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        # NCCL serves CUDA tensors and gloo the CPU ones (object collectives, CPU meters)
+        backend = "cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo"
         kwargs: Dict[str, Any] = dict(
             backend=backend, init_method="env://", timeout=timedelta(minutes=timeout_min)
         )
         if dev.type == "cuda":
             kwargs["device_id"] = dev
         tdist.init_process_group(**kwargs)
+        set_collective_device(dev)
         barrier()
     return dev
 
@@ -106,6 +112,7 @@ def cleanup() -> None:
             barrier()
         finally:
             tdist.destroy_process_group()
+            set_collective_device(None)
 
 
 def _exit_code(e: BaseException) -> int:
@@ -147,52 +154,6 @@ def run_guard() -> Iterator[None]:
     cleanup()
 
 
-def barrier() -> None:
-    if is_dist() and get_world_size() > 1:
-        if tdist.get_backend() == "nccl":
-            tdist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            tdist.barrier()
-
-
-def all_gather_object(obj: Any) -> List[Any]:
-    """A list with every rank's `obj` (rank order); `[obj]` in a single process."""
-    if get_world_size() == 1:
-        return [obj]
-    out: List[Any] = [None] * get_world_size()
-    tdist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if get_world_size() == 1:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if get_world_size() > 1:
-        tdist.all_reduce(t)
-    return t
-
-
-def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
-    """Detached copies of scalar tensors averaged (or summed) over ranks, keys in sorted order
-    so every rank stacks them identically."""
-    keys = sorted(values)
-    if not keys:
-        return {}
-    with torch.no_grad():
-        stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
-        if get_world_size() > 1:
-            tdist.all_reduce(stacked)
-            if average:
-                stacked /= get_world_size()
-    return dict(zip(keys, stacked))
-
-
 def wrap_model(
     model: nn.Module,
     device: torch.device,
@@ -200,28 +161,35 @@ def wrap_model(
     find_unused_parameters: bool = False,
     compile: bool = False,
 ) -> nn.Module:
-    """DDP-wrap `model` when more than one process trains (otherwise it is returned as is);
-    with ``compile``, `torch.compile` it first (the evaluation keeps the eager module)."""
+    """DDP-wrap `model` when more than one process trains; with ``compile``, `torch.compile`
+    the result, after the DDP wrap as PyTorch advises (its DDP optimiser then splits the graph
+    at the gradient buckets, so communication overlaps the backward). Evaluation uses the eager
+    module (`unwrap_model`)."""
+    if get_world_size() > 1:
+        model.train()  # parameters in their training layout before DDP lays out its buckets
+        if sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernels; plain BN there
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=ids,
+            output_device=ids[0] if ids else None,
+            find_unused_parameters=find_unused_parameters,
+        )
     if compile:
         model = torch.compile(model)
-    if get_world_size() == 1:
-        return model
-    model.train()  # parameters in their training layout before DDP lays out its gradient buckets
-    if sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernels; plain BN there
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        model,
-        device_ids=ids,
-        output_device=ids[0] if ids else None,
-        find_unused_parameters=find_unused_parameters,
-    )
+    return model
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    """The plain module inside torch.compile and DDP / DataParallel wrappers (any order)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def seed_everything(seed: int) -> None:

@@ -10,7 +10,14 @@ import torch
 
 from rtdetrv2_icr.core.registry import ConfigError, create
 
-__all__ = ["amp_dtype", "precision_note", "build_scaler", "autocast", "float_outputs"]
+__all__ = [
+    "amp_dtype",
+    "eval_amp_dtype",
+    "precision_note",
+    "build_scaler",
+    "autocast",
+    "float_outputs",
+]
 
 
 _AMP_DTYPES = {
@@ -35,6 +42,13 @@ def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     return None if device.type == "cpu" and dtype == torch.float16 else dtype
 
 
+def eval_amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of evaluation: None (fp32, as upstream evaluates) unless the config
+    sets ``eval_amp: true``, then the training one. Validation AP, the choice of best.pth and
+    the test metrics then do not depend on the training precision."""
+    return amp_dtype(cfg, device) if cfg.get("eval_amp", False) else None
+
+
 def precision_note(cfg, device: torch.device, dtype: Optional[torch.dtype], scaler) -> str:
     """One line saying which precision a run uses, and why when it differs from the config."""
     if dtype is None:
@@ -45,7 +59,12 @@ def precision_note(cfg, device: torch.device, dtype: Optional[torch.dtype], scal
             )
         return "precision: fp32"
     what = "fp16" if dtype == torch.float16 else "bf16"
-    return f"precision: {what} autocast on {device.type}" + (" + GradScaler" if scaler else "")
+    evaluation = "same autocast" if cfg.get("eval_amp", False) else "fp32"
+    return (
+        f"precision: {what} autocast on {device.type}"
+        + (" + GradScaler" if scaler else "")
+        + f"; evaluation {evaluation}"
+    )
 
 
 def build_scaler(cfg, device: torch.device, dtype: Optional[torch.dtype]):

@@ -10,9 +10,14 @@
                                                           and config.yml (the merged config)
     write_config_yml(path, cfg)                           the merged config alone
 
+    determinism_warning(model, device, deterministic)     what a deterministic CUDA run cannot
+                                                          repeat, named by operation and module
+
 On a CPU, two runs with the same seed, thread count and number of processes give identical losses
 at every step and identical metrics. On CUDA, deterministic kernels are used where they exist;
-torch warns (naming the operation) where one has none, and the run goes on.
+where one has none (grid_sample's backward: bilinear deformable attention, DySample, the
+calibration block) the run goes on, and the trainer prints which modules use it before training.
+Without ``deterministic`` on CUDA, cuDNN autotunes its convolutions (``cudnn.benchmark``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import platform
 import random
 import subprocess
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +37,15 @@ import yaml
 
 from rtdetrv2_icr.runtime import dist
 
-__all__ = ["seed_run", "loader_seeding", "run_record", "write_run_record", "write_config_yml"]
+__all__ = [
+    "seed_run",
+    "cuda_nondeterminism",
+    "determinism_warning",
+    "loader_seeding",
+    "run_record",
+    "write_run_record",
+    "write_config_yml",
+]
 
 
 def seed_run(
@@ -45,12 +58,45 @@ def seed_run(
         torch.set_num_threads(int(num_threads))
     if seed is not None:
         dist.seed_everything(int(seed))
+    cuda = device is not None and device.type == "cuda"
+    if cuda:  # autotuned convolutions: fastest, but the choice may differ between runs
+        torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
-        cuda = device is not None and device.type == "cuda"
         if cuda:
-            torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=cuda)
+
+
+def cuda_nondeterminism(model: torch.nn.Module) -> Dict[str, List[str]]:
+    """Operation -> the modules of ``model`` whose backward uses it, for every operation that
+    has no deterministic CUDA kernel (modules declare them in ``cuda_nondeterministic_ops``)."""
+    found: Dict[str, List[str]] = {}
+    for name, m in model.named_modules():
+        for op in getattr(m, "cuda_nondeterministic_ops", ()) or ():
+            found.setdefault(op, []).append(name or type(m).__name__)
+    return found
+
+
+def determinism_warning(model: torch.nn.Module, device: torch.device, deterministic: bool):
+    """The warning a deterministic run on CUDA must print, or None: which operations of the
+    model will make two runs with the same seed differ, and in which modules."""
+    if not deterministic or device.type != "cuda":
+        return None
+    found = cuda_nondeterminism(model)
+    if not found:
+        return None
+    lines = [
+        "deterministic: true cannot make this run repeat bit for bit on CUDA: these operations "
+        "have no deterministic CUDA kernel (torch runs them anyway, warn-only):"
+    ]
+    for op, names in sorted(found.items()):
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        lines.append(f"  {op}: {len(names)} module(s): {shown}")
+    lines.append(
+        "Seeds, data order and every other kernel are fixed, so runs stay close; on a CPU "
+        "they repeat exactly."
+    )
+    return "\n".join(lines)
 
 
 def _seed_worker(worker_id: int) -> None:

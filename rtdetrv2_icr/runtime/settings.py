@@ -15,11 +15,15 @@ They are top-level config keys (``configs/runtime.yml`` holds the component sect
     grad_accum_steps        an optimiser step every N batches
     lr_scheduler_interval   step lr_scheduler per 'epoch' (upstream) or per 'iter'
     max_bad_steps           NaN/inf losses: skip at most this many steps, then stop
-    use_amp, amp_dtype      mixed precision (fp16 with GradScaler or bf16)
+    use_amp, amp_dtype      mixed precision of training (fp16 with GradScaler, or bf16)
+    eval_amp                evaluate under the same autocast too (default False: evaluation runs
+                            in fp32, so validation AP, best.pth and test metrics do not depend
+                            on the training precision)
     use_ema                 keep an EMA of the weights (section ``ema``); evaluate with it
     sync_bn                 SyncBatchNorm under DDP (CUDA only)
     find_unused_parameters  DDP option; keep False unless some parameters never get gradients
-    ddp_touch_all_params    DDP: add 0*sum(params) so ranks whose batch lacks targets stay in step
+    ddp_touch_all_params    DDP: add 0*sum(params) to every loss, for a model whose batches may
+                            leave parameters unused (the shipped models use all; default off)
     icr_log_freq            TensorBoard ICR statistics every N iterations
     vis_images, vis_score_thr   val images drawn (GT beside predictions) at each evaluation
     eval_tensorboard        tools/eval.py: also write TensorBoard summaries
@@ -55,10 +59,11 @@ class RuntimeSettings:
     max_bad_steps: int = 10
     use_amp: bool = False
     amp_dtype: str = "float16"
+    eval_amp: bool = False
     use_ema: bool = False
     sync_bn: bool = True
     find_unused_parameters: bool = False
-    ddp_touch_all_params: bool = True
+    ddp_touch_all_params: bool = False
     icr_log_freq: int = 10
     vis_images: int = 4
     vis_score_thr: float = 0.5

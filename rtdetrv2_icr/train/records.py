@@ -65,7 +65,8 @@ def log_train_step(
     for j, lr in enumerate(lrs):
         writer.scalar(f"Lr/pg_{j}", lr, step)
     if icr_stats and step % icr_log_freq == 0:
-        writer.scalars("ICR", {k: float(v) for k, v in icr_stats.items()}, step)
+        values = torch.stack([v.detach().float().reshape(()) for v in icr_stats.values()])
+        writer.scalars("ICR", dict(zip(icr_stats, values.tolist())), step)  # one host read
 
 
 def append_epoch_record(

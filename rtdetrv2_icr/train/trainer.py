@@ -27,8 +27,8 @@ from rtdetrv2_icr.runtime import checkpoint, dist
 from rtdetrv2_icr.runtime.config_check import check_config
 from rtdetrv2_icr.runtime.loaders import build_dataloader, set_epoch, targets_to
 from rtdetrv2_icr.runtime.log import get_logger
-from rtdetrv2_icr.runtime.precision import amp_dtype, build_scaler, precision_note
-from rtdetrv2_icr.runtime.reproducibility import write_run_record
+from rtdetrv2_icr.runtime.precision import amp_dtype, build_scaler, eval_amp_dtype, precision_note
+from rtdetrv2_icr.runtime.reproducibility import determinism_warning, write_run_record
 from rtdetrv2_icr.train import builders, records
 from rtdetrv2_icr.train.meters import MeterBank
 from rtdetrv2_icr.train.optim import current_lrs
@@ -73,10 +73,15 @@ class Trainer:
             model, self.device, rt.sync_bn, rt.find_unused_parameters, rt.compile
         )
         self.amp_dtype = amp_dtype(cfg, self.device)
+        self.eval_amp_dtype = eval_amp_dtype(cfg, self.device)
         self.scaler = build_scaler(cfg, self.device, self.amp_dtype)
         self.log.info(precision_note(cfg, self.device, self.amp_dtype, self.scaler))
-        # Under DDP every parameter must receive a gradient on every rank, whatever the batch
-        # holds (e.g. denoising queries exist only where there are targets): add 0 * sum(params).
+        note = determinism_warning(model, self.device, rt.deterministic)
+        if note:
+            self.log.warning(note)
+        # Under DDP every parameter must receive a gradient on every rank. The shipped models
+        # use every parameter on every batch, even one without targets (tested), so nothing is
+        # added by default; ddp_touch_all_params adds 0 * sum(params) for a model that cannot.
         self.touch_all = dist.get_world_size() > 1 and rt.ddp_touch_all_params
 
     def setup_train(self) -> None:
@@ -122,12 +127,15 @@ class Trainer:
         }
 
     def save(self, names: List[str]) -> None:
+        """Rank 0 writes the checkpoints; every rank returns only once they are on disk, so no
+        rank can read an old best.pth or a last.pth that does not exist yet."""
         state = self.state_dict()  # collective (RNG gather): all ranks call it
         if dist.is_main_process():
             first = os.path.join(self.output_dir, names[0])
             checkpoint.save_atomic(state, first)
             for n in names[1:]:
                 checkpoint.duplicate_atomic(first, os.path.join(self.output_dir, n))
+        dist.barrier()
 
     def load_resume(self, path: str) -> None:
         ckpt = checkpoint.load_training_checkpoint(path)
@@ -262,7 +270,7 @@ class Trainer:
             evaluator,
             self.device,
             split=split,
-            amp_dtype=self.amp_dtype,
+            amp_dtype=self.eval_amp_dtype,
             writer=self.writer,
             step=step,
             out_dir=out_dir,
@@ -277,6 +285,7 @@ class Trainer:
         <output_dir>/eval_<split>."""
         best = os.path.join(self.output_dir, "best.pth")
         path = best if os.path.isfile(best) else os.path.join(self.output_dir, "last.pth")
+        path = dist.broadcast_object(path)  # rank 0's choice: every rank evaluates one file
         checkpoint.load_eval_weights(path, dist.unwrap_model(self.model), self.ema)
         out = os.path.join(self.output_dir, f"eval_{split}")
         self.log.info(f"evaluating {path} on the {split} split")
