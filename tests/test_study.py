@@ -13,7 +13,7 @@ import pytest
 from test_engine_train import REPO, make_data, write_config
 
 from rtdetrv2_icr.experiments.study import load_study
-from rtdetrv2_icr.experiments.study_report import _paired
+from rtdetrv2_icr.experiments.study_report import _holm, _mcnemar, _paired, _rate, _took_off
 
 
 def study_file(tmp_path, cfg):
@@ -28,6 +28,7 @@ variants:
   icr: {{RTDETRCriterionv2: {{icr: {{enabled: True, lambda: 2.5}}}}}}
 seeds: [0, 1]
 split: test
+takeoff: {{metric: vehicle/AP50, threshold: 0.3, epoch: 1}}
 """)
     return str(path)
 
@@ -79,6 +80,10 @@ def test_study_runs_resumes_and_summarises(tmp_path):
     assert result["paired"]["icr"]["seeds"] == [0, 1]
     md = open(out / "study.md").read()
     assert "| baseline | 2 |" in md and "| icr | baseline | plate/AP50 |" in md
+    # two epochs of 2 images: nothing takes off, and the report says so per variant
+    take = result["takeoff"]
+    assert take["rates"]["icr"]["n"] == 2 and take["rates"]["icr"]["seeds_off"] == [0, 1]
+    assert take["paired"]["icr"]["n"] == 2 and "Take-off: validation vehicle/AP50" in md
     assert len(open(out / "study.csv").read().splitlines()) == 5  # header + 4 runs
 
     # a second start finds everything done; --summarize rebuilds the report from the run dirs
@@ -90,13 +95,48 @@ def test_study_runs_resumes_and_summarises(tmp_path):
 
 
 def test_paired_difference_verdict():
-    clear = _paired([0.05, 0.06, 0.055])
+    clear = _paired([0.05, 0.06, 0.055])  # mean 0.055, sd 0.005, n 3
     assert clear["positive"] == 3 and clear["verdict"] == "higher"
     assert clear["ci95"][0] > 0
+    # (t_0.975,2 + t_0.80,2) * sd / sqrt(n) = (4.3027 + 1.0607) * 0.005 / 1.7321
+    assert clear["mde"] == pytest.approx(0.015484, abs=2e-6)
     noisy = _paired([0.05, -0.04, 0.01])
-    assert noisy["positive"] == 2 and noisy["verdict"] == "no measurable difference"
+    assert noisy["positive"] == 2 and noisy["verdict"] == "not significant"
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1]
     assert _paired([0.1])["verdict"] == "too few seeds"
     assert _paired([-0.02, -0.021, -0.019])["verdict"] == "lower"
+
+
+def test_holm_correction_by_hand():
+    stats = {
+        "a": {"mean": 0.1, "p": 0.01},
+        "b": {"mean": 0.1, "p": 0.04},
+        "c": {"mean": -0.1, "p": 0.03},
+        "d": {"mean": 0.0, "p": None},  # too few seeds: not in the family
+    }
+    _holm(stats)
+    # sorted: a 0.01*3 = 0.03; c 0.03*2 = 0.06; b max(0.06, 0.04*1) = 0.06
+    assert stats["a"]["p_holm"] == pytest.approx(0.03) and stats["a"]["verdict"] == "higher"
+    assert (
+        stats["c"]["p_holm"] == pytest.approx(0.06) and stats["c"]["verdict"] == "not significant"
+    )
+    assert (
+        stats["b"]["p_holm"] == pytest.approx(0.06) and stats["b"]["verdict"] == "not significant"
+    )
+    assert "p_holm" not in stats["d"]
+
+
+def test_takeoff_rate_and_paired_counts_by_hand():
+    curve = [{"epoch": 0, "vehicle/AP50": 0.1}, {"epoch": 3, "vehicle/AP50": 0.31}]
+    rule = {"metric": "vehicle/AP50", "threshold": 0.3, "epoch": 3}
+    assert _took_off(curve, rule) is True
+    assert _took_off(curve, dict(rule, threshold=0.5)) is False
+    assert _took_off(curve, dict(rule, epoch=5)) is None  # never validated then
+    r = _rate([True] * 9 + [False])
+    assert (r["k"], r["n"]) == (9, 10)
+    assert r["ci95"] == pytest.approx([0.5550, 0.9975], abs=1e-4)  # Clopper-Pearson
+    m = _mcnemar([(True, False)] * 4 + [(True, True)] * 6)
+    assert (m["only_variant"], m["only_reference"]) == (4, 0) and m["p"] == pytest.approx(0.125)
 
 
 def test_study_file_errors(tmp_path):

@@ -14,12 +14,18 @@ A study file (``configs/studies/*.yml``):
     seeds: [0, 1, 2]
     split: test                                        # the split reported
     sweep: RTDETRCriterionv2.icr.lambda                # optional: a parameter the variants vary
+    takeoff: {metric: vehicle/AP50, threshold: 0.3, epoch: 3}   # optional, see below
 
 A variant's ``base`` replaces the study's base config, and its ``compare_to`` names the variant
 its paired differences are taken against (default: the baseline). Run (variant, seed) lives in
 ``<study dir>/<variant>/seed<k>`` and is finished when its ``eval_<split>/metrics.json`` exists.
 `run_study` trains every (variant, seed) not yet finished with tools/train.py, resuming an
 interrupted run from its last.pth; the report is study_report.py's.
+
+``takeoff`` asks, for a from-scratch schedule, whether each run left the floor: a run *takes off*
+when its validation ``metric`` (a COCO number or ``<class>/<metric>``, from log.txt) is at least
+``threshold`` after epoch ``epoch`` (0-based). The report gives each variant's take-off rate with
+its exact 95 % interval, and the paired runs where only one of two variants took off.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class StudySpec:
     path: str = ""
     bases: Dict[str, str] = field(default_factory=dict)  # variant -> its own base config
     compare_to: Dict[str, str] = field(default_factory=dict)  # variant -> reference variant
+    takeoff: Optional[Dict[str, Any]] = None  # {metric, threshold, epoch}
 
     def base_of(self, variant: str) -> str:
         return self.bases.get(variant, self.base)
@@ -93,7 +100,21 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-_KEYS = ("name", "base", "overrides", "baseline", "variants", "seeds", "split", "sweep")
+_KEYS = ("name", "base", "overrides", "baseline", "variants", "seeds", "split", "sweep", "takeoff")
+_TAKEOFF_KEYS = ("metric", "threshold", "epoch")
+
+
+def _takeoff(path: str, raw: Any) -> Optional[Dict[str, Any]]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != set(_TAKEOFF_KEYS):
+        raise ConfigError(f"{path}: takeoff needs exactly {_TAKEOFF_KEYS}, got {raw!r}")
+    epoch, threshold = raw["epoch"], raw["threshold"]
+    if not isinstance(epoch, int) or epoch < 0:
+        raise ConfigError(f"{path}: takeoff.epoch must be an epoch index >= 0, got {epoch!r}")
+    if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ConfigError(f"{path}: takeoff.threshold must lie in (0, 1], got {threshold!r}")
+    return {"metric": str(raw["metric"]), "threshold": float(threshold), "epoch": epoch}
 
 
 def load_study(path: str) -> StudySpec:
@@ -143,6 +164,7 @@ def load_study(path: str) -> StudySpec:
         path=os.path.abspath(path),
         bases=bases,
         compare_to=compare_to,
+        takeoff=_takeoff(path, raw.get("takeoff")),
     )
 
 

@@ -1,6 +1,16 @@
 """The report of a study over its finished runs: per variant, mean ± sample std over seeds of
 each metric; against each variant's reference, the per-seed paired difference (same seed, same
-data order) with its mean ± std, the number of seeds where it is positive and a 95 % t-interval.
+data order) with its mean ± std, the number of seeds where it is positive, its 95 % t-interval,
+the smallest effect the design could detect, and a verdict.
+
+The verdict is "higher" or "lower" only when the paired t-test rejects "no difference" at 5 %
+after Holm's correction over the metrics of the table (several metrics are tested at once);
+otherwise it is "not significant", and the interval is the bound on the effect: a difference
+smaller than the interval's ends cannot be ruled out, and "not significant" never means "no
+difference". The smallest detectable effect is the true mean difference a paired t-test on this
+many seeds, with this spread, would find 80 % of the time at 5 % (two-sided, before Holm).
+With a ``takeoff`` rule (study.py), each variant's take-off rate comes with its exact 95 %
+interval, and the pairs where only one variant took off with an exact McNemar test.
 
     result = summarize(spec, "output/studies/x")   # writes study.md, study.csv, study.json, PNGs
 """
@@ -75,22 +85,99 @@ def _stats(values: List[float]) -> Dict[str, Optional[float]]:
 
 
 def _paired(values: List[float]) -> Dict[str, Any]:
-    """Per-seed differences: mean ± std, positives, 95 % t-interval and its verdict."""
+    """Per-seed differences: mean ± std, positives, 95 % t-interval, p (paired t-test against
+    0), the smallest detectable effect, and the unadjusted verdict (see `_holm`)."""
     st = _stats(values)
     vals = [v for v in values if v is not None]
     st["positive"] = sum(v > 0 for v in vals)
-    if st["n"] > 1 and st["std"] is not None:
-        from scipy.stats import t
+    st["ci95"] = st["p"] = st["mde"] = None
+    if st["n"] < 2 or st["std"] is None:
+        st["verdict"] = "n/a" if st["n"] == 0 else "too few seeds"
+        return st
+    from scipy.stats import t
 
-        half = float(t.ppf(0.975, st["n"] - 1)) * st["std"] / math.sqrt(st["n"])
-        st["ci95"] = [st["mean"] - half, st["mean"] + half]
-        measurable = st["ci95"][0] > 0 or st["ci95"][1] < 0
-        st["verdict"] = (
-            ("higher" if st["mean"] > 0 else "lower") if measurable else "no measurable difference"
-        )
+    n, sd = st["n"], st["std"]
+    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    st["ci95"] = [st["mean"] - half, st["mean"] + half]
+    if sd > 0:
+        st["p"] = float(2 * t.sf(abs(st["mean"]) / (sd / math.sqrt(n)), n - 1))
     else:
-        st["ci95"], st["verdict"] = None, "n/a" if st["n"] == 0 else "too few seeds"
+        st["p"] = 0.0 if st["mean"] != 0 else 1.0
+    st["mde"] = float(t.ppf(0.975, n - 1) + t.ppf(0.80, n - 1)) * sd / math.sqrt(n)
+    st["verdict"] = _verdict(st["mean"], st["p"])
     return st
+
+
+def _verdict(mean: float, p: Optional[float]) -> str:
+    if p is None:
+        return "too few seeds"
+    if p < 0.05:
+        return "higher" if mean > 0 else "lower"
+    return "not significant"
+
+
+def _holm(stats: Dict[str, Dict[str, Any]]) -> None:
+    """Holm's step-down correction over the metrics in ``stats`` (those with a p): adds
+    ``p_holm`` and replaces the verdict by the corrected one."""
+    tested = sorted((st["p"], m) for m, st in stats.items() if st.get("p") is not None)
+    running = 0.0
+    for rank, (p, m) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        stats[m]["p_holm"] = running
+        stats[m]["verdict"] = _verdict(stats[m]["mean"], running)
+
+
+def _took_off(curve: List[Dict[str, Any]], rule: Dict[str, Any]) -> Optional[bool]:
+    """Whether a run's validation ``rule['metric']`` reached the threshold by the rule's epoch;
+    None when the run has no validation at that epoch."""
+    for point in curve:
+        if point["epoch"] == rule["epoch"] and point.get(rule["metric"]) is not None:
+            return point[rule["metric"]] >= rule["threshold"]
+    return None
+
+
+def _rate(flags: List[bool]) -> Dict[str, Any]:
+    """k of n with the exact (Clopper-Pearson) 95 % interval."""
+    from scipy.stats import binomtest
+
+    k, n = sum(flags), len(flags)
+    if not n:
+        return {"k": 0, "n": 0, "ci95": None}
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return {"k": k, "n": n, "ci95": [float(ci.low), float(ci.high)]}
+
+
+def _mcnemar(pairs: List[tuple]) -> Dict[str, Any]:
+    """Paired take-off: seeds where only the variant / only the reference took off, and the
+    exact McNemar p (a binomial test on those discordant seeds)."""
+    from scipy.stats import binomtest
+
+    only_v = sum(a and not b for a, b in pairs)
+    only_ref = sum(b and not a for a, b in pairs)
+    d = only_v + only_ref
+    p = float(binomtest(only_v, d).pvalue) if d else 1.0
+    return {"n": len(pairs), "only_variant": only_v, "only_reference": only_ref, "p": p}
+
+
+def takeoff_report(spec: StudySpec, runs: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict:
+    """Per variant the take-off rate; per compared variant the paired counts."""
+    rule = spec.takeoff
+    flags = {
+        v: {s: _took_off(r["curve"], rule) for s, r in by_seed.items()}
+        for v, by_seed in runs.items()
+    }
+    rates = {v: _rate([f for f in by.values() if f is not None]) for v, by in flags.items()}
+    for v, by in flags.items():
+        rates[v]["seeds_off"] = sorted(s for s, f in by.items() if f is False)
+    paired = {}
+    for v in runs:
+        if v == spec.baseline and v not in spec.compare_to:
+            continue
+        ref = flags.get(spec.reference_of(v), {})
+        common = sorted(s for s in set(flags[v]) & set(ref) if None not in (flags[v][s], ref[s]))
+        paired[v] = _mcnemar([(flags[v][s], ref[s]) for s in common])
+        paired[v]["reference"] = spec.reference_of(v)
+    return {"rule": rule, "rates": rates, "paired": paired}
 
 
 def summarize(spec: StudySpec, root: str, plots: bool = True) -> Dict[str, Any]:
@@ -116,6 +203,7 @@ def summarize(spec: StudySpec, root: str, plots: bool = True) -> Dict[str, Any]:
             pairs = [(by_seed[s]["metrics"].get(m), base[s]["metrics"].get(m)) for s in common]
             d = [a - b for a, b in pairs if a is not None and b is not None]
             diffs[v]["metrics"][m] = _paired(d)
+        _holm({m: diffs[v]["metrics"][m] for m in _headline(_columns(names))})
     result = {
         "study": spec.name,
         "base": spec.base,
@@ -127,6 +215,7 @@ def summarize(spec: StudySpec, root: str, plots: bool = True) -> Dict[str, Any]:
         "paired": diffs,
         "metrics": names,
         "runs": {v: {str(s): r["metrics"] for s, r in by.items()} for v, by in runs.items()},
+        "takeoff": takeoff_report(spec, runs) if spec.takeoff else None,
     }
     with open(os.path.join(root, "study.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -156,6 +245,19 @@ def _columns(names: List[str]) -> List[str]:
     return cols + [m for m in METRICS if m in names]
 
 
+def _headline(cols: List[str]) -> List[str]:
+    """The metrics of the paired table (and of Holm's family)."""
+    return [
+        c
+        for c in cols
+        if c.split("/")[-1] in ("AP50", "AP50:95", "AP_s") or c == "relational_consistency"
+    ]
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    return f"{x:+.{digits}f}"
+
+
 def to_markdown(result: Dict[str, Any]) -> str:
     cols = _columns(result["metrics"])
     n_seeds = {v: len(t["seeds"]) for v, t in result["table"].items()}
@@ -172,24 +274,54 @@ def to_markdown(result: Dict[str, Any]) -> str:
     if result["paired"]:
         lines += [
             "",
-            "Paired difference to the reference variant (same seed): mean ± std, seeds where "
-            "it is positive, and the verdict of a 95 % t-interval (study.json has every metric)",
+            "Paired difference to the reference variant (same seed): mean ± std, its 95 % "
+            "t-interval (the bound on the effect), the smallest true difference the design "
+            "detects 80 % of the time at 5 %, seeds where it is positive, the paired t-test's p "
+            "after Holm's correction over the metrics below, and the verdict. \"not "
+            'significant" does not mean "no difference": the effect may lie anywhere in the '
+            "interval. study.json has every metric.",
             "",
-            "| variant | against | metric | difference | positive | verdict |",
-            "|---|---|---|---|---|---|",
-        ]
-        headline = [
-            c
-            for c in cols
-            if c.split("/")[-1] in ("AP50", "AP50:95", "AP_s") or c == "relational_consistency"
+            "| variant | against | metric | difference | 95 % interval | smallest detectable "
+            "| positive | p (Holm) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for v, d in result["paired"].items():
-            for c in headline:
+            for c in _headline(cols):
                 st = d["metrics"][c]
+                ci = "n/a" if st["ci95"] is None else " … ".join(map(_signed, st["ci95"]))
+                mde = "n/a" if st["mde"] is None else f"{st['mde']:.3f}"
+                p = st.get("p_holm", st["p"])
                 lines.append(
-                    f"| {v} | {d['reference']} | {c} | {_fmt(st)} | "
-                    f"{st['positive']}/{st['n']} | {st['verdict']} |"
+                    f"| {v} | {d['reference']} | {c} | {_fmt(st)} | {ci} | {mde} | "
+                    f"{st['positive']}/{st['n']} | {'n/a' if p is None else f'{p:.3g}'} | "
+                    f"{st['verdict']} |"
                 )
+    take = result.get("takeoff")
+    if take:
+        rule = take["rule"]
+        lines += [
+            "",
+            f"Take-off: validation {rule['metric']} ≥ {rule['threshold']} after epoch "
+            f"{rule['epoch']} (0-based); rate with its exact 95 % interval",
+            "",
+            "| variant | took off | rate | 95 % interval | seeds that did not |",
+            "|---|---|---|---|---|",
+        ]
+        for v, r in take["rates"].items():
+            if not r["n"]:
+                lines.append(f"| {v} | 0/0 | n/a | n/a | |")
+                continue
+            lo, hi = r["ci95"]
+            off = ", ".join(map(str, r["seeds_off"])) or "none"
+            lines.append(
+                f"| {v} | {r['k']}/{r['n']} | {r['k'] / r['n']:.2f} | {lo:.2f}–{hi:.2f} | {off} |"
+            )
+        for v, pr in take["paired"].items():
+            lines.append(
+                f"\n{v} against {pr['reference']}, {pr['n']} paired seeds: only {v} took off "
+                f"in {pr['only_variant']}, only {pr['reference']} in {pr['only_reference']} "
+                f"(exact McNemar p = {pr['p']:.3g})."
+            )
     return "\n".join(lines) + "\n"
 
 
