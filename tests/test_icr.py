@@ -429,3 +429,26 @@ def test_penalty_module_directly():
     )
     out = icr(terms, pred, torch.tensor([0, 1]), prep, apply=torch.tensor([False, True]))
     assert torch.equal(out["iou"], terms["iou"])
+
+
+def test_warmup_ramps_lambda_by_the_step():
+    """warmup_steps: λ grows linearly from 0 over the first N steps. The plate is half outside
+    its vehicle (shortfall 0.5), so the factor is 1 + λ(step) / 2."""
+    out, tg = scene(HALF_OUT)
+    base = make_crit()(out, tg)
+    full = make_crit({"enabled": True, "lambda": LAM})(out, tg)
+    crit = make_crit({"enabled": True, "lambda": LAM, "warmup_steps": 100})
+    crit.train()
+    assert crit.icr.lam_at(0) == 0 and crit.icr.lam_at(40) == pytest.approx(1.0)
+    assert crit.icr.lam_at(100) == crit.icr.lam_at(5000) == LAM
+    at0 = crit(out, tg, global_step=0)
+    assert all(torch.equal(at0[k], base[k]) for k in base)  # λ = 0: the baseline
+    l1, _ = plate_terms(out, tg)
+    at40 = crit(out, tg, global_step=40)  # λ = 1.0: factor 1.5
+    assert (at40["loss_bbox"] - base["loss_bbox"]).item() == pytest.approx(5 * 0.5 * l1 / 2)
+    at100 = crit(out, tg, global_step=100)
+    assert all(torch.equal(at100[k], full[k]) for k in full)
+    with pytest.raises(ValueError, match="warmup_steps is set.*global_step"):
+        crit(out, tg)  # a ramp that cannot know the step is refused
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        ICRSettings(warmup_steps=-1)

@@ -166,6 +166,8 @@ class RTDETRCriterionv2(nn.Module):
         batch = concat_targets(targets, device, parents=self.icr.active)
         if self.icr.active:
             batch.icr = self.icr.prepare(batch.labels, batch.boxes, batch.parent_row)
+            step = kwargs.get("global_step")
+            self._icr_lam = self.icr.lam_at(step) if self.training else self.icr.settings.lam
         stages = self.match_stages(outputs, targets, self._num_boxes(batch, device))
         matches = gather_matches(stages, batch)
         weight = self._boxes_weight(matches)  # [ΣM] or None
@@ -329,8 +331,14 @@ class RTDETRCriterionv2(nn.Module):
         m = matches
         apply = None if all(on) else torch.tensor(on, device=m.stage_id.device)[m.stage_id]
         return self.icr(
-            terms, m.pred_boxes, m.flat_tgt, batch.icr, apply=apply, record=m.bounds[1]
-        )  # final layer's statistics
+            terms,
+            m.pred_boxes,
+            m.flat_tgt,
+            batch.icr,
+            apply=apply,
+            record=m.bounds[1],  # the final layer's statistics
+            lam=self._icr_lam,
+        )
 
     @property
     def last_icr_stats(self) -> Dict[str, torch.Tensor]:

@@ -47,6 +47,7 @@ class ICRSettings:
     tol: float = 1e-6
     apply_to: Tuple[str, ...] = STAGES
     relations: Optional[List[dict]] = None
+    warmup_steps: int = 0  # λ ramps linearly from 0 over the first N training steps (0: off)
 
     def __post_init__(self):
         for key, known in CHOICES.items():
@@ -56,6 +57,8 @@ class ICRSettings:
                 raise ValueError(f"{WHERE}.{key}: unknown {bad}; choose from {known}")
         if self.lam < 0:
             raise ValueError(f"{WHERE}.lambda must be >= 0, got {self.lam}")
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"{WHERE}.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def icr_factor(shortfall: Tensor, lam: float, mode: str = "scale", tol: float = 1e-6) -> Tensor:
@@ -112,17 +115,34 @@ class ICRPenalty:
             is_child, parent, ref if self.settings.reference == "gt" else torch.ones_like(ref)
         )
 
-    def __call__(self, terms, pred_boxes, flat_tgt, prep: ICRTargets, apply=None, record=None):
+    def lam_at(self, global_step: Optional[int]) -> float:
+        """λ at a training step: the configured λ, ramped linearly from 0 over ``warmup_steps``
+        (a from-scratch run first learns where vehicles are, then the penalty pulls plates into
+        them). A ramp needs the step: the criterion refuses a training call without one."""
+        s = self.settings
+        if not s.warmup_steps:
+            return s.lam
+        if global_step is None:
+            raise ValueError(
+                f"{WHERE}.warmup_steps is set, but the criterion was called without "
+                "global_step= (the trainer passes it; pass it when calling the criterion yourself)"
+            )
+        return s.lam * min(1.0, max(0, int(global_step)) / int(s.warmup_steps))
+
+    def __call__(
+        self, terms, pred_boxes, flat_tgt, prep: ICRTargets, apply=None, record=None, lam=None
+    ):
         """Penalise per-box terms {name: [M]}: pred_boxes [M,4] cxcywh; flat_tgt [M] index into
         ``prep``; apply [M] bool, the pairs whose stage is penalised (None: all); the first
-        ``record`` pairs (the final layer's) are kept for ``stats()``."""
+        ``record`` pairs (the final layer's) are kept for ``stats()``; ``lam`` replaces the
+        configured λ (the ramp, `lam_at`)."""
         s = self.settings
         is_child = prep.is_child[flat_tgt]  # [M]
         c = containment(box_cxcywh_to_xyxy(pred_boxes), prep.parent_xyxy[flat_tgt])
         if s.detach:
             c = c.detach()
         shortfall = torch.relu(prep.reference[flat_tgt] - c)  # relu: no gradient at s = 0
-        factor = icr_factor(shortfall, s.lam, s.mode, s.tol)  # [M]
+        factor = icr_factor(shortfall, s.lam if lam is None else lam, s.mode, s.tol)  # [M]
         if record is not None:
             self._last = (c[:record].detach(), factor[:record].detach(), is_child[:record])
         hit = is_child if apply is None else is_child & apply
