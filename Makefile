@@ -34,7 +34,7 @@ demo:
 # on a CUDA machine: train-step time, memory and host syncs per precision, fp32 vs autocast
 # evaluation, determinism (docs/gpu.md); exits non-zero without a GPU
 gpu-check: $(STAMP)
-	$(PY) tools/gpu_check.py --out gpu_check.md
+	$(PY) tools/gpu_check.py --out gpu_check.md --json gpu_check.json
 
 clean:
 	rm -rf $(VENV) output

@@ -21,7 +21,12 @@ import torch.nn as nn
 
 import uav_detr_icr  # noqa: F401  (registers the UAV-DETR neck)
 from rtdetrv2_icr.core import YAMLConfig, collectives
-from rtdetrv2_icr.experiments.gpu_check import SyncCounter, _eval_row, _train_row, run_gpu_check
+from rtdetrv2_icr.experiments.gpu_check import (
+    SyncCounter,
+    _train_row,
+    check_amp_training,
+    run_gpu_check,
+)
 from rtdetrv2_icr.runtime import dist, reproducibility
 from rtdetrv2_icr.train import builders
 from rtdetrv2_icr.train.step import train_step
@@ -269,10 +274,17 @@ def test_gpu_check_refuses_without_cuda():
     assert p.returncode == 2 and "no CUDA device" in p.stderr, p.stderr[-2000:]
 
 
-def test_gpu_check_rows_run_on_a_cpu():
-    """The rows the GPU check measures, on a CPU (so a GPU run does not fail on its own code)."""
+@pytest.mark.slow
+def test_gpu_check_parts_run_on_a_cpu(tmp_path):
+    """What the GPU check runs, on a CPU with bf16 autocast (so a GPU run does not fail on its
+    own code): one epoch of the demo config through the Trainer, the checkpoint reloaded from
+    disk with the trainer's own AP, evaluation in fp32 and under autocast; a timed step."""
     cpu = torch.device("cpu")
     row = _train_row(cpu, "fp32", size=128, batch=1, steps=1, warmup=0)
     assert row["syncs"] == 4 and row["bad_steps"] == 0 and row["step_ms"] > 0
-    ev = _eval_row(cpu, size=128, batch=1)
-    assert ev["logits_max_diff"] > 0  # bf16 autocast changes the outputs: eval runs in fp32
+    v = check_amp_training(cpu, str(tmp_path), dtype="bfloat16", size=64)
+    assert v["finite"] and v["bad_steps"] == 0
+    assert v["precision"].startswith("precision: bf16 autocast on cpu; evaluation fp32")
+    assert v["scale"] is None  # no GradScaler for bf16 (fp16 on CUDA gets one)
+    assert v["ap50_reloaded"] == v["ap50_trained"]  # last.pth from disk: the same numbers
+    assert v["ap50_eval_amp"] is not None

@@ -1,10 +1,13 @@
-"""Check this project on a CUDA GPU in a few minutes: train-step time, memory and host syncs in
-fp32 / fp16 / bf16, evaluation under autocast against fp32, and determinism.
+"""Check this project on a CUDA GPU in a few minutes: CPU/GPU forward parity, AMP training
+through the Trainer (also with every loss option), checkpoint reload, evaluation with and without
+autocast, determinism, DDP on 2+ GPUs, ONNX on onnxruntime's CUDA provider, train-step time,
+memory and host syncs per precision, and the throughput of every model.
 
-    python tools/gpu_check.py [--size 640] [--batch 4] [--steps 20] [--out gpu_check.md]
+    python tools/gpu_check.py [--out gpu_check.md] [--json gpu_check.json] [--skip-throughput]
     make gpu-check
 
-Exits with 2 when no CUDA device is available. What the table means: docs/gpu.md.
+Prints a pass/fail table; exits with 1 when a check failed and with 2 when no CUDA device is
+available. What each row means: docs/gpu.md.
 """
 
 import argparse
@@ -20,14 +23,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--size", type=int, default=640, help="square input size")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per precision")
+    ap.add_argument("--size", type=int, default=640, help="train-step rows: square input size")
+    ap.add_argument("--batch", type=int, default=4, help="train-step rows: batch")
+    ap.add_argument("--steps", type=int, default=20, help="train-step rows: timed steps")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--device", default="cuda", help="cuda or cuda:N")
     ap.add_argument("--out", help="also write the report (markdown) here")
+    ap.add_argument("--json", help="write every number (and each failure's traceback) here")
+    ap.add_argument("--skip-throughput", action="store_true", help="leave out the model suite")
     args = ap.parse_args(argv)
-    report = run_gpu_check(args.size, args.batch, args.steps, args.warmup, args.device)
+    report = run_gpu_check(
+        args.size,
+        args.batch,
+        args.steps,
+        args.warmup,
+        args.device,
+        json_path=args.json,
+        skip_throughput=args.skip_throughput,
+    )
     if report is None:
         print(
             "gpu_check: no CUDA device is available (torch.cuda.is_available() is False); "
@@ -39,7 +52,7 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(report + "\n")
-    return 0
+    return 0 if report.startswith("GPU check: PASS") else 1
 
 
 if __name__ == "__main__":
