@@ -12,7 +12,7 @@ import time
 import pytest
 from test_engine_train import REPO, make_data, write_config
 
-from rtdetrv2_icr.experiments.study import load_study
+from rtdetrv2_icr.experiments.study import load_study, run_study
 from rtdetrv2_icr.experiments.study_report import _holm, _mcnemar, _paired, _rate, _took_off
 
 
@@ -150,6 +150,17 @@ def test_study_file_errors(tmp_path):
         f"base: {REPO}/configs/demo/rtdetrv2_tiny.yml\nvariants: {{a: {{}}}}\nseeds: [0]\nsead: 1\n"
     )
     with pytest.raises(ConfigError, match="unknown key 'sead'.*'seeds'"):
+        load_study(str(bad))
+    bad.write_text(
+        f"base: {REPO}/configs/demo/rtdetrv2_tiny.yml\nvariants: {{a: {{}}}}\nseeds: [0]\n"
+    )
+    with pytest.raises(ConfigError, match=r"no variant \['b'\]; the study has \['a'\]"):
+        run_study(load_study(str(bad)), str(tmp_path / "out"), variants=["b"])
+    bad.write_text(
+        f"base: {REPO}/configs/demo/rtdetrv2_tiny.yml\nvariants: {{a: {{}}}}\nseeds: [0]\n"
+        "takeoff: {metric: vehicle/AP50, threshold: 1.5, epoch: 3}\n"
+    )
+    with pytest.raises(ConfigError, match="takeoff.threshold must lie in"):
         load_study(str(bad))
 
 

@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="study directory (default output/studies/<name>)")
     ap.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
     ap.add_argument("--summarize", action="store_true", help="only write the report")
+    ap.add_argument("--variants", nargs="+", help="run only these variants now")
     ap.add_argument("--no-plots", action="store_true", help="report without PNG plots")
     ap.add_argument(
         "-u",
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join("output", "studies", spec.name)
     os.makedirs(out, exist_ok=True)
     if not args.summarize:
-        code = run_study(spec, out, args.nproc, args.update)
+        code = run_study(spec, out, args.nproc, args.update, args.variants)
         if code:
             return code
     result = summarize(spec, out, plots=not args.no_plots)

@@ -231,14 +231,20 @@ def prepare_data(spec: StudySpec, extra=()) -> None:
                 print(f"==> drew the synthetic data in {section['out']} ({time.time() - t0:.0f} s)")
 
 
-def run_study(spec: StudySpec, out: str, nproc: int = 1, extra=()) -> int:
+def run_study(
+    spec: StudySpec, out: str, nproc: int = 1, extra=(), variants: Optional[List[str]] = None
+) -> int:
     """Train the study's unfinished runs one after the other, each command printed before it
-    runs and its output in <run dir>/train.log; returns the first non-zero exit code, or 0."""
-    runs = spec.runs()
+    runs and its output in <run dir>/train.log; returns the first non-zero exit code, or 0.
+    ``variants`` limits this call to those variants (the others can run later)."""
+    unknown = sorted(set(variants or ()) - set(spec.variants))
+    if unknown:
+        raise ConfigError(f"{spec.path}: no variant {unknown}; the study has {list(spec.variants)}")
+    runs = [(v, s) for v, s in spec.runs() if not variants or v in variants]
     prepare_data(spec, extra)
     todo = [(v, s) for v, s in runs if not run_finished(out, v, s, spec.split)]
     print(
-        f"==> study {spec.name}: {len(runs)} runs ({len(spec.variants)} variants x "
+        f"==> study {spec.name}: {len(runs)} runs ({len(runs) // len(spec.seeds)} variants x "
         f"{len(spec.seeds)} seeds), {len(runs) - len(todo)} already finished",
         flush=True,
     )
