@@ -45,6 +45,7 @@ _SECTIONS = {
     "test_dataloader",
     "epochs",
     "synthetic_data",
+    "demo",
     "image_size",
     "letterbox",
     INCLUDE_KEY,
