@@ -210,7 +210,7 @@ def test_run_coco_eval_rejects_unknown_backend():
 def test_target_boxes_to_pixels_for_drawing():
     from torchvision import tv_tensors
 
-    from rtdetrv2_icr.predict.draw import draw_boxes, target_boxes_xyxy
+    from rtdetrv2_icr.data.draw import draw_boxes, target_boxes_xyxy
 
     px = tv_tensors.BoundingBoxes(
         torch.tensor([[10.0, 20.0, 30.0, 60.0]]), format="XYXY", canvas_size=(100, 50)

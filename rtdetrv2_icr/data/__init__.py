@@ -1,5 +1,6 @@
 """The loader side of the data: COCO datasets, transforms and collation that keep the
-child -> parent links between objects (docs/data.md). Offline preparation (YOLO import,
+child -> parent links between objects (docs/data.md), and drawing boxes and links on images
+(draw.py: ground truth, predictions, the evaluation's image grids). Offline preparation (YOLO import,
 statistics, the synthetic generator) is the `prepare` package.
 
 Importing this package registers `CocoDetection`, the transforms (`Compose`, ...) and

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from rtdetrv2_icr.predict.draw import gt_vs_pred_grid, target_boxes_xyxy
+from rtdetrv2_icr.data.draw import gt_vs_pred_grid, target_boxes_xyxy
 from rtdetrv2_icr.runtime import dist
 
 __all__ = ["TBWriter", "log_eval", "vis_items"]

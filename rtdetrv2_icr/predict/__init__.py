@@ -1,3 +1,4 @@
 """Using a trained model: pre-processing from a config, the deploy model and its ONNX export,
-onnxruntime, the `Predictor` over images, folders and videos, media input/output and drawing.
+onnxruntime, the `Predictor` over images, folders and videos, media input/output (drawing is
+data/draw.py, shared with evaluation).
 Nothing here is imported by training; onnx, onnxruntime and PyAV are imported only when used."""

@@ -27,10 +27,10 @@ import torch
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from tqdm import tqdm
 
+from rtdetrv2_icr.data.draw import draw_detections
 from rtdetrv2_icr.data.images import read_image
 from rtdetrv2_icr.data.links import link_detections
 from rtdetrv2_icr.predict.deploy import OnnxRunner, build_deploy_model
-from rtdetrv2_icr.predict.draw import draw_detections
 from rtdetrv2_icr.predict.media import VideoWriter, input_kind, list_images, read_video
 from rtdetrv2_icr.predict.preprocess import (
     class_info,

@@ -287,7 +287,7 @@ def draw_ground_truth(index, folder, n, out_dir):
     from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
     from rtdetrv2_icr.data.coco import read_image
-    from rtdetrv2_icr.predict.draw import draw_detections
+    from rtdetrv2_icr.data.draw import draw_detections
 
     os.makedirs(out_dir, exist_ok=True)
     written = []
