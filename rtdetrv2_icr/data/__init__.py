@@ -1,7 +1,7 @@
 """The loader side of the data: COCO datasets, transforms and collation that keep the
 child -> parent links between objects (docs/data.md), and drawing boxes and links on images
-(draw.py: ground truth, predictions, the evaluation's image grids). Offline preparation (YOLO import,
-statistics, the synthetic generator) is the `prepare` package.
+(draw.py: ground truth, predictions, the evaluation's image grids). Offline preparation (YOLO
+import, statistics, the synthetic generator) is the `prepare` package.
 
 Importing this package registers `CocoDetection`, the transforms (`Compose`, ...) and
 `BatchImageCollateFunction` with the config registry.
