@@ -10,7 +10,7 @@ WORKERS ?= 2
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -r requirements.txt $(DEV)
+	$(PY) -m pip install -q -r requirements.txt $(DEV)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
