@@ -11,7 +11,7 @@ import datetime
 import resource
 import sys
 from collections import defaultdict, deque
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -47,9 +47,21 @@ class SmoothedValue:
 
     def sync(self) -> None:
         """Global average over ranks (window stays local)."""
-        t = torch.tensor([self.total, float(self.count)], dtype=torch.float64)
-        dist.all_reduce_sum(t)
-        self.total, self.count = float(t[0]), int(t[1])
+        _sync_all([self])
+
+
+def _sync_all(meters: List[SmoothedValue]) -> None:
+    """Sum (total, count) of ``meters`` over ranks: one float64 tensor, made on the process
+    group's device, one all-reduce and one read back."""
+    if not meters:
+        return
+    t = torch.tensor(
+        [[m.total, float(m.count)] for m in meters],
+        dtype=torch.float64,
+        device=dist.collective_device(),
+    )
+    for m, (total, count) in zip(meters, dist.all_reduce_sum(t).tolist()):
+        m.total, m.count = total, int(count)
 
 
 def memory_mb(device: Optional[torch.device] = None) -> float:
@@ -71,8 +83,8 @@ class MeterBank:
             self.meters[k].update(float(v))
 
     def sync(self) -> None:
-        for k in sorted(self.meters):
-            self.meters[k].sync()
+        """Every meter's global average over ranks, in one all-reduce."""
+        _sync_all([self.meters[k] for k in sorted(self.meters)])
 
     def averages(self) -> Dict[str, float]:
         return {k: m.global_avg for k, m in self.meters.items()}
