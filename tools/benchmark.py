@@ -2,14 +2,8 @@ r"""Speed, size and memory of the models and loss options, as JSON and a markdow
 
     python tools/benchmark.py                                  # the whole suite, 640 px
     python tools/benchmark.py --only rtdetrv2_r18 icr --size 320 --json b.json --md b.md
-    python tools/benchmark.py -c CONFIG [-u key=value ...]     # one config
 
-For each entry: parameters, GFLOPs of one image's forward pass (torch.utils.flop_counter, eval
-mode), latency at batch 1, throughput at batch N, the training step (forward + loss + backward +
-AdamW step at batch 2, random plate-in-vehicle targets) and the peak memory (CUDA allocator peak;
-on a CPU the process's peak resident memory, each entry in its own process). Timings are medians
-over --steps after --warmup untimed steps. On a shared machine run it when nothing else is busy;
-numbers from this script belong in notes and the README, never in tests.
+What each column means: rtdetrv2_icr/experiments/benchmark.py (also printed by --help).
 """
 
 import argparse
@@ -20,12 +14,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from rtdetrv2_icr.experiments import benchmark  # noqa: E402
 from rtdetrv2_icr.experiments.benchmark import SUITE, markdown, measure, run_suite  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=benchmark.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("-c", "--config", help="one config instead of the suite")
     ap.add_argument("--only", nargs="+", choices=list(SUITE), help="entries of the suite")

@@ -1,30 +1,9 @@
-"""Step time of our RT-DETRv2-R18 (ICR on) against upstream RT-DETRv2-R18 (baseline criterion).
-
-Both models are built in one process: upstream's from its own code (the ``rtdetrv2_pytorch``
-directory of a checkout of https://github.com/lyuwenyu/RT-DETR, imported at run time from
-``--upstream``), ours from ``configs/rtdetrv2/rtdetrv2_r18vd_svmlp_icr.yml``. Upstream's randomly
-initialised weights are loaded into ours (state_dict keys and shapes are equal by design), both
-get the same random images and the same random plate-inside-vehicle targets, and per round we
-time, ours first then upstream (``eval_spatial_size`` is set to the input size on both sides, as
-upstream's eval mode requires):
-
-    train  forward + criterion + backward + optimizer step (model.train(); each side's own
-           optimizer section, AdamW with its param groups; --optimizer plain for a bare AdamW)
-    eval   forward + postprocessor under torch.no_grad()   (model.eval())
-
-The global RNG is re-seeded before every forward so both sides draw comparable denoising noise.
-Reported: the median wall time of each side and the median of the per-round ratios
-ours / upstream (< 1: we are faster), as a markdown table and optionally JSON; the same ratio
-from process CPU time is given beside it (it moves less when other jobs share the machine).
-Before the timed rounds the eval outputs of both models on the same weights are compared (they
-should be equal). ``--amp`` runs the training forward of both sides under bf16 autocast, as
-both training engines do on a CPU with ``use_amp``.
+"""Step time of our RT-DETRv2-R18 (ICR on) against upstream RT-DETRv2-R18, same weights and inputs.
 
     python tools/compare_upstream.py --upstream /path/to/RT-DETR/rtdetrv2_pytorch \\
         --sizes 320 640 --batch 2 --rounds 5 --threads 2 --json compare.json
 
-Timings depend on the machine and on whatever else runs on it: measure on a quiet machine.
-Nothing of upstream is copied into this project; the tests never need it.
+What is timed and reported: rtdetrv2_icr/experiments/upstream.py (also printed by --help).
 """
 
 import argparse
@@ -36,12 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import rtdetrv2_icr  # noqa: E402,F401  (registers components)
+from rtdetrv2_icr.experiments import upstream  # noqa: E402
 from rtdetrv2_icr.experiments.upstream import compare  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=upstream.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
         "--upstream",
