@@ -98,9 +98,9 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(t.detach().clone()) / get_world_size()
 
 
-def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
-    """Detached copies of scalar tensors averaged (or summed) over ranks, keys in sorted order
-    so every rank stacks them identically: one collective for the whole dict."""
+def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, float]:
+    """Scalar tensors averaged (or summed) over ranks, as floats: stacked in sorted key order
+    (every rank stacks them alike), one all-reduce, one read back to the host."""
     keys = sorted(values)
     if not keys:
         return {}
@@ -110,7 +110,7 @@ def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[s
             all_reduce_sum(stacked)
             if average:
                 stacked /= get_world_size()
-    return dict(zip(keys, stacked))
+    return dict(zip(keys, stacked.tolist()))
 
 
 def all_gather_object(obj: Any) -> List[Any]:

@@ -76,9 +76,7 @@ def train_step(
         loss_dict = forward_losses(
             model, criterion, samples, targets, amp_dtype, cast, **(step_info or {})
         )
-        reduced = dist.reduce_dict(loss_dict)  # one all-reduce, then one host transfer
-        values = torch.stack(list(reduced.values())).tolist() if reduced else []
-        losses = dict(zip(reduced, values))
+        losses = dist.reduce_dict(loss_dict)  # one all-reduce, then one host transfer
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
         if bad:
             return StepResult(losses, bad)
