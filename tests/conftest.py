@@ -23,3 +23,15 @@ def pytest_collection_modifyitems(config, items):
     """Run the tests marked ``slow`` first: with pytest-xdist the long ones then overlap with the
     many short ones instead of leaving one worker busy at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, give each worker its share of the cores (torch would give every
+    worker all of them, and the workers and their subprocesses would fight for them)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(threads)

@@ -315,3 +315,20 @@ def test_build_from_config_section():
     }
     m = create("PResNet", cfg)
     assert isinstance(m, PResNet) and m.out_channels == [128, 256, 512]
+
+
+def test_width_scales_channels_keeps_keys_and_refuses_pretrained(config_backbones):
+    half = PResNet(
+        18, variant="d", return_idx=[1, 2, 3], freeze_at=-1, freeze_norm=False, width=0.5
+    )
+    full = config_backbones[18]
+    assert half.out_channels == [64, 128, 256] and half.out_strides == [8, 16, 32]
+    assert list(half.state_dict()) == list(full.state_dict())  # same layers, narrower
+    ratio = sum(p.numel() for p in half.parameters()) / 11_199_968
+    assert 0.24 < ratio < 0.26  # convolutions scale with width^2
+    feats = half(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
+    with pytest.raises(ValueError, match="pretrained weights exist only for width 1"):
+        PResNet(18, width=0.5, pretrained=True)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        PResNet(18, width=0.3)

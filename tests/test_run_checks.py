@@ -89,3 +89,26 @@ def test_test_only_takes_split_and_no_amp(setup, tmp_path):
     train_from_config(cfg, overrides, test_only=True, split="test")
     rep = json.load(open(os.path.join(out, "eval_test", "metrics.json")))
     assert rep["split"] == "test" and rep["num_images"] == 2
+
+
+def test_init_jitter_perturbs_every_weight_reproducibly():
+    from rtdetrv2_icr.runtime.reproducibility import jitter_weights
+    from rtdetrv2_icr.runtime.settings import RuntimeSettings
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(100, 50), torch.nn.BatchNorm1d(50))
+
+    ref, a, b, c = net(), net(), net(), net()
+    assert jitter_weights(a, 1e-6, seed=3) == 100 * 50 + 50 + 50 + 50
+    jitter_weights(b, 1e-6, seed=3)
+    jitter_weights(c, 1e-6, seed=4)
+    assert jitter_weights(ref, 0.0, seed=3) == 0
+    with torch.no_grad():
+        da = torch.cat([(p - q).flatten() for p, q in zip(a.parameters(), ref.parameters())])
+    assert 0.8e-6 < float(da.std()) < 1.2e-6 and float((da != 0).float().mean()) > 0.95
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # same seed
+    assert not torch.equal(a[0].weight, c[0].weight)
+    assert torch.equal(a[1].running_mean, ref[1].running_mean)  # buffers are left alone
+    with pytest.raises(ValueError, match="init_jitter must be >= 0"):
+        RuntimeSettings(init_jitter=-1e-6)

@@ -13,7 +13,14 @@ import pytest
 from test_engine_train import REPO, make_data, write_config
 
 from rtdetrv2_icr.experiments.study import load_study, run_study
-from rtdetrv2_icr.experiments.study_report import _holm, _mcnemar, _paired, _rate, _took_off
+from rtdetrv2_icr.experiments.study_report import (
+    _holm,
+    _mcnemar,
+    _paired,
+    _rate,
+    _took_off,
+    summarize,
+)
 
 
 def study_file(tmp_path, cfg):
@@ -33,11 +40,11 @@ takeoff: {{metric: vehicle/AP50, threshold: 0.3, epoch: 1}}
     return str(path)
 
 
-def study(args, **kw):
+def study(args, cwd, **kw):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     return subprocess.Popen(
         [sys.executable, os.path.join(REPO, "tools", "study.py"), *args],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -48,23 +55,25 @@ def study(args, **kw):
 
 
 @pytest.mark.slow
-def test_study_runs_resumes_and_summarises(tmp_path):
+def test_study_runs_resumes_and_summarises(tmp_path, capsys):
     data = make_data(tmp_path / "d", n_train=4, n_val=2, n_test=2)
     cfg = write_config(tmp_path, data, str(tmp_path / "unused"))
     spec = study_file(tmp_path, cfg)
     out = tmp_path / "out"
-    # kill the study while the first run is between its two epochs
-    p = study([spec, "--out", str(out), "--no-plots"])
+    # started outside the repository with a relative --out: the runs, the finished-run check
+    # and the report all use <cwd>/out. Kill the study while its first run is between epochs.
+    p = study([spec, "--out", "out", "--no-plots"], cwd=tmp_path)
     first = out / "baseline" / "seed0" / "last.pth"
     deadline = time.time() + 300
     while not first.exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert first.exists(), p.communicate()[0][-3000:]
+    assert not os.path.exists(os.path.join(REPO, "out"))  # not under the repository
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (out / "baseline" / "seed0" / "eval_test").exists()
 
-    log = study([spec, "--out", str(out)]).communicate(timeout=900)[0]
+    log = study([spec, "--out", "out"], cwd=tmp_path).communicate(timeout=900)[0]
     assert "4 runs (2 variants x 2 seeds), 0 already finished" in log
     assert "run 1 of 4: baseline seed 0" in log and "run 4 of 4: icr seed 1" in log
     assert "ETA" in log
@@ -86,10 +95,12 @@ def test_study_runs_resumes_and_summarises(tmp_path):
     assert take["paired"]["icr"]["n"] == 2 and "Take-off: validation vehicle/AP50" in md
     assert len(open(out / "study.csv").read().splitlines()) == 5  # header + 4 runs
 
-    # a second start finds everything done; --summarize rebuilds the report from the run dirs
-    assert "4 already finished" in study([spec, "--out", str(out), "--no-plots"]).communicate()[0]
+    # a second start finds everything done; summarize rebuilds the report from the run dirs
+    # (in this process: the CLI's parts were run above)
+    assert run_study(load_study(spec), str(out)) == 0
+    assert "4 already finished" in capsys.readouterr().out
     os.remove(out / "study.json")
-    study([spec, "--out", str(out), "--summarize", "--no-plots"]).communicate(timeout=300)
+    summarize(load_study(spec), str(out), plots=False)
     assert json.load(open(out / "study.json"))["table"] == result["table"]
     assert load_study(spec).runs() == [("baseline", 0), ("icr", 0), ("baseline", 1), ("icr", 1)]
 

@@ -241,6 +241,8 @@ def run_study(
     if unknown:
         raise ConfigError(f"{spec.path}: no variant {unknown}; the study has {list(spec.variants)}")
     runs = [(v, s) for v, s in spec.runs() if not variants or v in variants]
+    # the runs start in the repository root: a relative study directory is the caller's
+    out = os.path.abspath(out)
     prepare_data(spec, extra)
     todo = [(v, s) for v, s in runs if not run_finished(out, v, s, spec.split)]
     print(

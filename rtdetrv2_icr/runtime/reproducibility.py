@@ -9,6 +9,9 @@
                                                           commit, command) per start or resume,
                                                           and config.yml (the merged config)
     write_config_yml(path, cfg)                           the merged config alone
+    jitter_weights(model, std, seed)                      adds N(0, std^2) noise to every float
+                                                          parameter: a perturbed start that
+                                                          keeps the recipe (take-off studies)
 
     determinism_warning(model, device, deterministic)     what a deterministic CUDA run cannot
                                                           repeat, named by operation and module
@@ -45,6 +48,7 @@ __all__ = [
     "run_record",
     "write_run_record",
     "write_config_yml",
+    "jitter_weights",
 ]
 
 
@@ -65,6 +69,26 @@ def seed_run(
         if cuda:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=cuda)
+
+
+def jitter_weights(model: torch.nn.Module, std: float, seed: Optional[int]) -> int:
+    """Add Gaussian noise of standard deviation ``std`` to every floating-point parameter of
+    ``model`` in place; returns the number of elements changed. The noise comes from its own CPU
+    generator seeded with ``seed`` (not the rank's), so every rank of a DDP run perturbs the same
+    way and the global random streams (data order, denoising) are left as they were."""
+    if std < 0:
+        raise ValueError(f"init_jitter must be >= 0, got {std}")
+    if not std:
+        return 0
+    gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    changed = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
+                p.add_(noise.to(device=p.device, dtype=p.dtype))
+                changed += p.numel()
+    return changed
 
 
 def cuda_nondeterminism(model: torch.nn.Module) -> Dict[str, List[str]]:

@@ -31,6 +31,8 @@ They are top-level config keys (``configs/runtime.yml`` holds the component sect
     deterministic           deterministic algorithms and seeded loaders: repeatable runs
     compile                 torch.compile the model for training (evaluation runs eager)
     num_threads             torch CPU threads (default: torch's choice)
+    init_jitter             add N(0, init_jitter^2) noise to every weight before training (after
+                            -t loads): a perturbed start for take-off studies (0: off)
     resume, tuning          checkpoint to resume from / to fine-tune from (tools/train.py -r / -t)
 """
 
@@ -72,6 +74,7 @@ class RuntimeSettings:
     deterministic: bool = False
     compile: bool = False
     num_threads: Optional[int] = None
+    init_jitter: float = 0.0
     device: Optional[str] = None
     resume: Optional[str] = None
     tuning: Optional[str] = None
@@ -82,6 +85,8 @@ class RuntimeSettings:
                 f"lr_scheduler_interval must be 'epoch' or 'iter', got "
                 f"{self.lr_scheduler_interval!r}"
             )
+        if float(self.init_jitter) < 0:
+            raise ValueError(f"init_jitter must be >= 0, got {self.init_jitter}")
         for name in ("epoches", "print_freq", "eval_freq", "grad_accum_steps", "icr_log_freq"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

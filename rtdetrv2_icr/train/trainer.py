@@ -28,7 +28,11 @@ from rtdetrv2_icr.runtime.config_check import check_config
 from rtdetrv2_icr.runtime.loaders import build_dataloader, set_epoch, targets_to
 from rtdetrv2_icr.runtime.log import get_logger
 from rtdetrv2_icr.runtime.precision import amp_dtype, build_scaler, eval_amp_dtype, precision_note
-from rtdetrv2_icr.runtime.reproducibility import determinism_warning, write_run_record
+from rtdetrv2_icr.runtime.reproducibility import (
+    determinism_warning,
+    jitter_weights,
+    write_run_record,
+)
 from rtdetrv2_icr.train import builders, records
 from rtdetrv2_icr.train.meters import MeterBank
 from rtdetrv2_icr.train.optim import current_lrs
@@ -65,6 +69,9 @@ class Trainer:
             self.log.info(
                 f"tuning from {rt.tuning}: " + checkpoint.load_matching_weights(rt.tuning, model)
             )
+        if rt.init_jitter and not rt.resume:
+            n = jitter_weights(model, float(rt.init_jitter), rt.seed)
+            self.log.info(f"init_jitter: N(0, {rt.init_jitter:g}^2) added to {n} weights")
         model.to(self.device)
         self.ema = builders.build_ema(cfg, model)  # a copy of the model as it is now
         self.criterion = cfg.criterion.to(self.device)

@@ -163,6 +163,9 @@ class PResNet(nn.Module):
 
     freeze_at >= 0 freezes the stem and the first ``freeze_at`` stages; freeze_norm turns every
     BatchNorm2d into FrozenBatchNorm2d; pretrained = False | True | URL | local path.
+    ``width`` scales every channel count (stem and stages; 0.5 halves them and cuts the FLOPs
+    about 4x): a narrower backbone for from-scratch runs on a CPU. Only width 1 has ImageNet
+    weights, so ``pretrained`` with another width is refused.
     """
 
     def __init__(
@@ -175,8 +178,18 @@ class PResNet(nn.Module):
         freeze_at: int = -1,
         freeze_norm: bool = True,
         pretrained: Union[bool, str] = False,
+        width: float = 1.0,
     ):
         super().__init__()
+        if not 0 < width <= 4 or int(round(64 * width)) % 8:
+            raise ValueError(
+                f"PResNet: width must be in (0, 4] with 64 * width a multiple of 8, got {width}"
+            )
+        if pretrained and width != 1:
+            raise ValueError(
+                f"PResNet: pretrained weights exist only for width 1, got width {width}; "
+                "set pretrained: False to train a width-scaled backbone from scratch"
+            )
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"PResNet: depth must be one of {sorted(STAGE_DEPTHS)}, got {depth}")
         if variant not in ("a", "b", "c", "d"):
@@ -190,7 +203,7 @@ class PResNet(nn.Module):
             )
 
         # stem, stride 2 (then a stride-2 max-pool in forward)
-        stem_width = 64
+        stem_width = int(round(64 * width))
         if variant in ("c", "d"):
             stem = [
                 ("conv1_1", 3, stem_width // 2, 3, 2),
@@ -207,7 +220,7 @@ class PResNet(nn.Module):
         )
 
         block = BottleNeck if depth >= 50 else BasicBlock
-        widths = [64, 128, 256, 512]
+        widths = [int(round(w * width)) for w in (64, 128, 256, 512)]
         stage_channels = [w * block.expansion for w in widths]
         stage_strides = [4, 8, 16, 32]
 
