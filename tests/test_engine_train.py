@@ -137,13 +137,16 @@ def test_overfit_two_images(tmp_path):
 
 @pytest.mark.slow
 def test_resume_equals_uninterrupted_and_logs(tmp_path, data):
+    # a loader worker draws the random photometric distortions and the multi-scale sizes: its
+    # seed comes from the loader's generator, whose state the checkpoint keeps
+    worker = dict(deterministic=True, train_dataloader={"num_workers": 1})
     cfg = write_config(tmp_path / "a", data, str(tmp_path / "full"))
-    full = run(cfg)
+    full = run(cfg, **worker)
     # 1 epoch, stop; resume for the 2nd
     cfg_b = write_config(tmp_path / "b", data, str(tmp_path / "split"))
-    run(cfg_b, epoches=1)
+    run(cfg_b, epoches=1, **worker)
     resumed = run(
-        cfg_b, seed=123, resume=str(tmp_path / "split" / "last.pth")
+        cfg_b, seed=123, resume=str(tmp_path / "split" / "last.pth"), **worker
     )  # seed is overwritten by the RNG state
     assert (
         resumed.last_epoch == full.last_epoch == 1 and resumed.global_step == full.global_step == 4

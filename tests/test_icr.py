@@ -452,3 +452,25 @@ def test_warmup_ramps_lambda_by_the_step():
         crit(out, tg)  # a ramp that cannot know the step is refused
     with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
         ICRSettings(warmup_steps=-1)
+
+
+def test_statistics_count_only_the_penalised_stages():
+    out, tg = scene(HALF_OUT)
+    # final layer penalised: its matched plate is in the statistics
+    on = make_crit({"enabled": True, "lambda": LAM, "apply_to": ["final"]})
+    on(out, tg)
+    assert on.last_icr_stats["icr_num_child"].item() == 1
+    assert on.last_icr_stats["icr_factor_mean"].item() == pytest.approx(1 + LAM / 2)
+    # the final layer not penalised: no penalised child, neutral statistics
+    off = make_crit({"enabled": True, "lambda": LAM, "apply_to": ["aux", "dn"]})
+    off(out, tg)
+    s = off.last_icr_stats
+    assert s["icr_num_child"].item() == 0 and s["icr_factor_mean"].item() == 1.0
+    assert s["icr_outside_frac"].item() == 0.0
+
+
+def test_add_mode_with_detach_is_refused():
+    with pytest.raises(ValueError, match="changes no gradient"):
+        make_crit({"enabled": True, "mode": "add", "detach": True})
+    make_crit({"enabled": True, "mode": "scale", "detach": True})  # acts through the factor
+    make_crit({"enabled": False, "mode": "add", "detach": True})  # off: nothing to refuse

@@ -59,6 +59,11 @@ class ICRSettings:
             raise ValueError(f"{WHERE}.lambda must be >= 0, got {self.lam}")
         if int(self.warmup_steps) < 0:
             raise ValueError(f"{WHERE}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.enabled and self.mode == "add" and self.detach:
+            raise ValueError(
+                f"{WHERE}: mode 'add' with detach: true adds a constant to the loss and changes "
+                "no gradient; use mode 'scale' (or 'binary') with detach, or detach: false"
+            )
 
 
 def icr_factor(shortfall: Tensor, lam: float, mode: str = "scale", tol: float = 1e-6) -> Tensor:
@@ -143,9 +148,9 @@ class ICRPenalty:
             c = c.detach()
         shortfall = torch.relu(prep.reference[flat_tgt] - c)  # relu: no gradient at s = 0
         factor = icr_factor(shortfall, s.lam if lam is None else lam, s.mode, s.tol)  # [M]
-        if record is not None:
-            self._last = (c[:record].detach(), factor[:record].detach(), is_child[:record])
         hit = is_child if apply is None else is_child & apply
+        if record is not None:  # the statistics describe the penalised children only
+            self._last = (c[:record].detach(), factor[:record].detach(), hit[:record])
         out = dict(terms)
         if s.mode == "add":
             if "iou" in out:
@@ -158,8 +163,9 @@ class ICRPenalty:
         return out
 
     def stats(self) -> Dict[str, Tensor]:
-        """Over the last recorded matched children: number, mean factor, share with C < 1 - tol,
-        mean C (neutral 1, 0, 1 without children; {} before any call)."""
+        """Over the last recorded matched children that the penalty acted on (``apply_to``):
+        number, mean factor, share with C < 1 - tol, mean C (neutral 1, 0, 1 without children;
+        {} before any call)."""
         if self._last is None:
             return {}
         c, factor, child = self._last

@@ -55,8 +55,12 @@ def build_dataloader(cfg, name: str, shuffle: Optional[bool] = None) -> tud.Data
     generator, worker_init = loader_seeding(seed)
     if spec.get("num_workers", 0) > 0 and "persistent_workers" not in spec:
         # workers hold copies of the dataset and collate: keep them across epochs unless an
-        # epoch-dependent policy (stop_epoch) must reach them at each epoch
-        spec["persistent_workers"] = not _epoch_dependent(dataset, collate, cfg.get("epoches"))
+        # epoch-dependent policy (stop_epoch) must reach them at each epoch, or the run is
+        # deterministic: new workers each epoch take their seeds from the loader's generator,
+        # which a checkpoint keeps, so a resumed run draws the augmentations of an unbroken one
+        spec["persistent_workers"] = not (
+            cfg.get("deterministic") or _epoch_dependent(dataset, collate, cfg.get("epoches"))
+        )
     spec.setdefault("pin_memory", torch.cuda.is_available())
     try:
         loader = tud.DataLoader(

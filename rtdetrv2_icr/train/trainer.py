@@ -127,7 +127,11 @@ class Trainer:
             "global_step": self.global_step,
             "best": dict(self.best),
             "world_size": dist.get_world_size(),
-            "rng": dist.all_gather_object(checkpoint.rng_state()),  # every rank's, in rank order
+            # every rank's RNG states, in rank order, with its train loader's generator (it
+            # draws the loader workers' seeds at each epoch)
+            "rng": dist.all_gather_object(
+                {**checkpoint.rng_state(), "loader": self.train_loader.generator.get_state()}
+            ),
             "model": dist.unwrap_model(self.model).state_dict(),
             "config": self.cfg.to_dict(),
             **self.updater.state_dict(),
@@ -154,7 +158,10 @@ class Trainer:
             self.best = dict(ckpt["best"])
         rngs = ckpt.get("rng") or []
         if len(rngs) == dist.get_world_size():
-            checkpoint.set_rng_state(rngs[dist.get_rank()])
+            mine = rngs[dist.get_rank()]
+            checkpoint.set_rng_state(mine)
+            if mine.get("loader") is not None:
+                self.train_loader.generator.set_state(mine["loader"].cpu())
         else:
             self.log.warning(
                 f"{path} was written by {len(rngs)} process(es), this run has "
