@@ -131,8 +131,8 @@ def test_confusion_matrix_edge_cases_and_crowd():
 
 
 # ---- results.csv -----------------------------------------------------------------------------
-def _report(ap):
-    return {
+def _report(ap, sub_ap=True):
+    rep = {
         "num_images": 4,
         "duplicates_dropped": 0,
         "coco": {"AP50:95": ap, "AP50": 2 * ap},
@@ -142,6 +142,9 @@ def _report(ap):
             "relations": {"plate->vehicle": {"share": 0.5, "children": 2, "consistent": 1}},
         },
     }
+    if sub_ap:  # only a config with relations has it
+        rep["sub_ap"] = {"plate->vehicle": {"AP50": ap / 2, "AP50:95": None, "gt_children": 3}}
+    return rep
 
 
 def test_results_csv_rows_columns_and_resume(tmp_path):
@@ -164,6 +167,12 @@ def test_results_csv_rows_columns_and_resume(tmp_path):
     assert rows[0]["val/AP50"] is None and rows[2]["val/AP50"] == pytest.approx(0.4)
     assert rows[1]["val/plate/AP_m"] is None and rows[2]["val/vehicle/AP50"] == pytest.approx(0.6)
     assert rows[1]["val/relational_consistency/plate->vehicle"] == 0.5
+    assert rows[2]["val/sub_ap/plate->vehicle/AP50"] == pytest.approx(0.1)
+    assert rows[2]["val/sub_ap/plate->vehicle/AP50:95"] is None  # n/a: an empty cell
+    assert rows[0]["val/sub_ap/plate->vehicle/AP50"] is None  # not evaluated
+    assert not any("gt_children" in k for k in rows[0])  # counts stay in metrics.json
+    # without relations the report has no sub-AP, and the row no sub-AP column
+    assert not any("sub_ap" in k for k in epoch_row(3, 8, stats, [1e-5], _report(0.1, False)))
     assert rows[2]["lr/pg1"] == 1e-4
     # a run resumed after epoch 0 rewrites epochs 1.. : no duplicates, epoch 0 kept
     update_results_csv(path, epoch_row(1, 4, {"loss": 9.0}, [1e-5, 1e-4], _report(0.9)))
@@ -233,6 +242,14 @@ def test_training_writes_results_csv_and_plots(trained):
             v = report["per_class"][c][m]
             assert rows[1][f"val/{c}/{m}"] == (None if v is None else pytest.approx(v, abs=1e-6))
     assert "val/relational_consistency" in rows[1]
+    # the synthetic config declares plate -> vehicle: its sub-AP in metrics.json and the csv
+    sub = report["sub_ap"]["plate->vehicle"]
+    assert sub["gt_children"] > 0 and sub["containment_thr"] == 0.9
+    for m in ("AP50", "AP50:95"):
+        assert 0.0 <= sub[m] <= 1.0
+        assert rows[1][f"val/sub_ap/plate->vehicle/{m}"] == pytest.approx(sub[m], abs=1e-6)
+    assert log[1]["val_sub_ap"]["plate->vehicle"]["AP50"] == sub["AP50"]
+    assert "sub-AP50" in open(out / "eval_val_last" / "metrics.md").read()
     for name in ("loss_curves.png", "ap_curves.png"):
         assert_png(out / name)
     for name in EVAL_PNGS + ("predictions.json", "config.yml", "metrics.md"):
@@ -302,6 +319,17 @@ def test_eval_tool_writes_predictions_config_and_plots(trained, tmp_path):
                 assert (sizes[iou][c][b] is None) == (n == 0), (iou, c, b)
     for name in EVAL_PNGS:
         assert_png(out / name)
+    # sub-AP over the test split's plates that have a parent (exact parent_id links)
+    sub = report["sub_ap"]["plate->vehicle"]
+    plate_cat = [c["id"] for c in gt.dataset["categories"] if c["name"] == "plate"][0]
+    linked = [
+        a
+        for a in gt.dataset["annotations"]
+        if a["category_id"] == plate_cat and (a.get("parent_id") or -1) >= 0
+    ]
+    assert sub["gt_children"] == len(linked) > 0
+    assert sub["gt_children"] + sub["gt_ignored"] == n_obj["plate"]
+    assert sub["detections"] <= 3 * 100
 
     # train.py --test-only goes through the same path
     t_out = tmp_path / "t"

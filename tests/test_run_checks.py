@@ -44,6 +44,11 @@ def test_typos_fail_at_once_with_a_hint(setup):
         check_config(bad_test, splits=("test",))
     assert check_config(YAMLConfig(cfg)).best_metric == "AP50:95"
     check_metric_name("vehicle/AR", ["plate", "vehicle"])
+    # a relation's sub-AP may be the best metric, but only of a relation the config declares
+    sub = "sub_ap/plate->vehicle/AP50:95"
+    assert check_config(YAMLConfig(cfg, best_metric=sub)).best_metric == sub
+    with pytest.raises(ConfigError, match=r"declares no relation 'plate->vehicle'"):
+        check_config(YAMLConfig(cfg, best_metric=sub, relations=[]))
 
 
 def test_missing_checkpoint_is_named_before_anything_else(setup, tmp_path):

@@ -193,3 +193,45 @@ def test_shipped_studies_load_and_their_configs_check():
             check_config(cfg, splits=())  # keys, metric, relations (data may be absent)
             if spec.sweep and spec.sweep in spec.variants[v]:
                 assert cfg.get(spec.sweep) == spec.variants[v][spec.sweep]
+
+
+def test_sub_ap_in_the_table_and_the_paired_differences(tmp_path):
+    """Hand-made metrics.json of 2 variants x 3 seeds: each relation's sub-AP is a column of the
+    table and a row of the paired differences (and of Holm's family)."""
+    from rtdetrv2_icr.experiments.study import StudySpec, metrics_path
+
+    spec = StudySpec(
+        name="sub",
+        base=str(tmp_path / "unused.yml"),
+        variants={"baseline": {}, "icr": {}},
+        baseline="baseline",
+        seeds=[0, 1, 2],
+    )
+    sub50 = {"baseline": [0.5, 0.6, 0.7], "icr": [0.6, 0.8, 0.7]}
+    for v, values in sub50.items():
+        for s, x in zip(spec.seeds, values):
+            path = metrics_path(str(tmp_path), v, s, spec.split)
+            os.makedirs(os.path.dirname(path))
+            report = {
+                "coco": {"AP50:95": 0.4, "AP50": 0.7},
+                "per_class": {"plate": {"AP50": 0.6}, "vehicle": {"AP50": 0.8}},
+                "relational_consistency": {"share": 0.9},
+                "sub_ap": {"plate->vehicle": {"AP50": x, "AP50:95": x / 2, "gt_children": 7}},
+            }
+            json.dump(report, open(path, "w"))
+    result = summarize(spec, str(tmp_path), plots=False)
+    key = "sub_ap/plate->vehicle/AP50"
+    assert {key, "sub_ap/plate->vehicle/AP50:95"} <= set(result["metrics"])
+    assert not any("gt_children" in m for m in result["metrics"])
+    assert result["table"]["icr"]["metrics"][key]["mean"] == pytest.approx(0.7)
+    d = result["paired"]["icr"]["metrics"][key]  # differences 0.1, 0.2, 0.0
+    assert d["mean"] == pytest.approx(0.1) and d["positive"] == 2 and d["n"] == 3
+    assert "p_holm" in d  # one of the tested metrics
+    md = open(tmp_path / "study.md").read()
+    header = [line for line in md.splitlines() if line.startswith("| variant | seeds |")][0]
+    assert header.endswith(
+        "| relational_consistency | sub_ap/plate->vehicle/AP50 | sub_ap/plate->vehicle/AP50:95 |"
+    )
+    assert "| icr | baseline | sub_ap/plate->vehicle/AP50 | 0.100 ± 0.100 |" in md
+    assert "| icr | baseline | sub_ap/plate->vehicle/AP50:95 |" in md
+    assert "| sub_ap/AP50 |" not in md  # not mistaken for a class

@@ -272,6 +272,23 @@ def report_to_markdown(report: Dict[str, Any]) -> str:
                 f"- {key}: {_fmt(r['share'])} "
                 f"({r['consistent']}/{r['children']} predicted children)"
             )
+    sub = report.get("sub_ap")
+    if sub:
+        thr = next(iter(sub.values())).get("containment_thr", 0.9)
+        lines += [
+            "",
+            f"Sub-AP (a predicted child counts when it and the highest-scoring predicted parent "
+            f"containing >= {thr:.0%} of it match a ground-truth child and its parent; "
+            "ground-truth children without a parent are ignored):",
+            "",
+            "| relation | sub-AP50 | sub-AP50:95 | children with a parent | ignored |",
+            "|---|---|---|---|---|",
+        ]
+        for key, r in sub.items():
+            lines.append(
+                f"| {key} | {_fmt(r.get('AP50'))} | {_fmt(r.get('AP50:95'))} | "
+                f"{r.get('gt_children', '?')} | {r.get('gt_ignored', '?')} |"
+            )
     cm = report.get("confusion_matrix")
     if cm:
         names = cm["classes"]

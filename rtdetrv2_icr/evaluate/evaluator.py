@@ -8,11 +8,16 @@ docs/evaluation.md:
     report = {'split', 'backend', 'num_images', 'num_detections', 'duplicates_dropped',
               'coco': {12 COCO numbers}, 'per_class': {name: {AP50, AP50:95, AP75, AP_s, AP_m, AP_l,
               AR}},
-              'relational_consistency': {...}}
+              'relational_consistency': {...},
+              'sub_ap': {'plate->vehicle': {AP50, AP50:95, gt_children, ...}}}   (with relations)
 
 Config section (upstream's `iou_types` kept; the rest ours):
     evaluator: {type: CocoEvaluator, iou_types: [bbox], backend: faster,
-                consistency_score: 0.5, consistency_containment: 0.9}
+                consistency_score: 0.5, consistency_containment: 0.9, sub_ap_containment: 0.9}
+
+The ground-truth parent of each child (for sub-AP) is the dataset's: `build_evaluator` hands the
+links the dataset resolved (explicit ``parent_id`` and pairs inferred by containment) to the
+evaluator; an evaluator given only a json reads its explicit ``parent_id`` fields.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 import torch.utils.data as tud
 
-from rtdetrv2_icr.core.metric_names import COCO_STAT_NAMES
+from rtdetrv2_icr.core.metric_names import COCO_STAT_NAMES, SUB_AP_NAMES, SUB_AP_PREFIX
 from rtdetrv2_icr.core.registry import ConfigError, register
 from rtdetrv2_icr.core.relations import resolve_relations
 from rtdetrv2_icr.evaluate.coco_metrics import (
@@ -34,6 +39,7 @@ from rtdetrv2_icr.evaluate.coco_metrics import (
     relational_consistency,
     run_coco_eval,
 )
+from rtdetrv2_icr.evaluate.sub_ap import sub_ap
 from rtdetrv2_icr.runtime import dist
 
 __all__ = ["CocoEvaluator"]
@@ -49,11 +55,13 @@ class CocoEvaluator:
         backend: str = "faster",
         consistency_score: float = 0.5,
         consistency_containment: float = 0.9,
+        sub_ap_containment: float = 0.9,
         class_names: Optional[Sequence[str]] = None,
         relations: Optional[Sequence[dict]] = None,
         remap_mscoco_category: bool = False,
         coco_gt: Any = None,
         label_to_category: Optional[Dict[int, int]] = None,
+        gt_parents: Optional[Dict[int, int]] = None,
     ):
         if list(iou_types) != ["bbox"]:
             raise ConfigError(
@@ -65,6 +73,11 @@ class CocoEvaluator:
         self.backend = backend
         self.consistency_score = float(consistency_score)
         self.consistency_containment = float(consistency_containment)
+        self.sub_ap_containment = float(sub_ap_containment)
+        # child annotation id -> parent annotation id; None: the json's parent_id fields
+        self.gt_parents = (
+            None if gt_parents is None else {int(k): int(v) for k, v in gt_parents.items()}
+        )
         self.labels_are_category_ids = bool(remap_mscoco_category)
         self.gt: Dict[str, Any] = {}
         self.class_names = list(class_names) if class_names else None
@@ -229,6 +242,17 @@ class CocoEvaluator:
                     merged, self.relations, self.consistency_score, self.consistency_containment
                 ),
             }
+            if self.relations:  # absent, not zeros, without relations
+                report["sub_ap"] = sub_ap(
+                    self.gt,
+                    merged,
+                    self.relations,
+                    self.label_to_category,
+                    self.gt_parents,
+                    img_ids=self.image_ids or None,
+                    containment_thr=self.sub_ap_containment,
+                    max_dets=int(ev.params.maxDets[-1]),
+                )
             self.curves = pr_curves(ev, self.category_names)
         return dist.broadcast_object(report)
 
@@ -238,22 +262,45 @@ class CocoEvaluator:
 
 
 def metric_value(report: Dict[str, Any], name: str) -> Optional[float]:
-    """A metric by name: a COCO number ('AP50:95', 'AP50', ...) or a per-class one
-    ('vehicle/AP50')."""
+    """A metric by name: a COCO number ('AP50:95', 'AP50', ...), a per-class one
+    ('vehicle/AP50') or a relation's sub-AP ('sub_ap/plate->vehicle/AP50')."""
+    if name.startswith(SUB_AP_PREFIX + "/"):
+        relation, _, m = name[len(SUB_AP_PREFIX) + 1 :].rpartition("/")
+        if not relation or m not in SUB_AP_NAMES:
+            raise KeyError(f"unknown sub-AP metric {name!r}; sub-AP metrics are {SUB_AP_NAMES}")
+        return (report.get("sub_ap") or {}).get(relation, {}).get(m)
     if "/" in name:
         cls, m = name.split("/", 1)
         return report["per_class"].get(cls, {}).get(m)
     if name not in report["coco"]:
         raise KeyError(
             f"unknown metric {name!r}; COCO metrics are {COCO_STAT_NAMES} "
-            f"or '<class>/<AP50|AP50:95|AP75|AP_s|AP_m|AP_l|AR>'"
+            f"or '<class>/<AP50|AP50:95|AP75|AP_s|AP_m|AP_l|AR>' "
+            f"or '{SUB_AP_PREFIX}/<child>-><parent>/<AP50|AP50:95>'"
         )
     return report["coco"][name]
 
 
+def dataset_parent_links(dataset) -> Optional[Dict[int, int]]:
+    """Child annotation id -> parent annotation id as ``dataset`` resolved them (explicit
+    ``parent_id`` links and those inferred by containment: its ``index`` records' ``parent_idx``
+    over ``ann_ids``); None for a dataset without such records."""
+    records = getattr(getattr(dataset, "index", None), "images", None)
+    if records is None:
+        return None
+    links: Dict[int, int] = {}
+    for rec in records:
+        ann_ids = np.asarray(rec.ann_ids).reshape(-1)
+        parent = np.asarray(rec.parent_idx).reshape(-1)
+        for k in np.nonzero(parent >= 0)[0]:
+            links[int(ann_ids[k])] = int(ann_ids[parent[k]])
+    return links
+
+
 def build_evaluator(cfg, dataset):
     """A CocoEvaluator (the ``evaluator`` section, default `CocoEvaluator`) on ``dataset``'s
-    ground truth, mapping contiguous labels back to its category ids."""
+    ground truth, mapping contiguous labels back to its category ids, with the dataset's
+    child -> parent links."""
     base = dataset
     while isinstance(base, tud.Subset):
         base = base.dataset
@@ -266,4 +313,5 @@ def build_evaluator(cfg, dataset):
         "evaluator",
         coco_gt=base.coco,
         label_to_category=getattr(base, "label_to_category", None),
+        gt_parents=dataset_parent_links(base),
     )

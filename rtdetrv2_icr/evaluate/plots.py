@@ -96,7 +96,8 @@ def plot_training_curves(rows: Sequence[Row], out_dir: str) -> List[str]:
     """``loss_curves.png``: the total train loss, each loss term (final decoder layer, and the
     mean of its other-layer / denoising / encoder copies), the lr of each param group;
     ``ap_curves.png``: val AP50:95 / AP50 / AP75 / AR100, each class's AP50 / AP50:95 / AP_s /
-    AP_m / AR, and the relational consistency. One point per epoch (per evaluated epoch)."""
+    AP_m / AR, and the relational consistency with each relation's sub-AP. One point per epoch
+    (per evaluated epoch)."""
     if not rows:
         return []
     plt = _plt()
@@ -142,8 +143,13 @@ def plot_training_curves(rows: Sequence[Row], out_dir: str) -> List[str]:
     for k in rc:
         label = "all relations" if k == "val/relational_consistency" else k.rsplit("/", 1)[1]
         _line(axes[-1], *_series(rows, k), label)
-    _epoch_axes(axes[-1], "relational consistency (share)")
-    if not any(_series(rows, k)[0] for k in rc):
+    sub = [k for k in cols if k.startswith("val/sub_ap/")]
+    for k in sub:  # val/sub_ap/<child>-><parent>/<metric>
+        _, _, relation, metric = k.split("/", 3)
+        _line(axes[-1], *_series(rows, k), f"sub-{metric} {relation}", ls="--")
+    title = "relational consistency (share)" + (", sub-AP (dashed)" if sub else "")
+    _epoch_axes(axes[-1], title)
+    if not any(_series(rows, k)[0] for k in rc + sub):
         axes[-1].text(
             0.5,
             0.5,

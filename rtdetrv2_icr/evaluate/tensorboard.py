@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from rtdetrv2_icr.core.metric_names import SUB_AP_NAMES
 from rtdetrv2_icr.data.draw import gt_vs_pred_grid, target_boxes_xyxy
 from rtdetrv2_icr.runtime import dist
 
@@ -111,8 +112,9 @@ def log_eval(
     split: str,
     vis_score: float,
 ) -> None:
-    """<Split>/<metric>, <Split>/<class>/<metric>, relational consistency, PR curves, and a grid
-    of ground truth beside predictions."""
+    """<Split>/<metric>, <Split>/<class>/<metric>, relational consistency, each relation's sub-AP
+    (<Split>/sub_ap/<child>-><parent>/<AP50|AP50:95>, only with relations), PR curves, and a
+    grid of ground truth beside predictions."""
     if not writer:
         return
     tag = split.capitalize()
@@ -126,6 +128,8 @@ def log_eval(
         sum(r["children"] for r in rc.get("relations", {}).values()),
         step,
     )
+    for key, r in (report.get("sub_ap") or {}).items():
+        writer.scalars(f"{tag}/sub_ap/{key}", {m: r.get(m) for m in SUB_AP_NAMES}, step)
     for cname, (rec, prec) in evaluator.curves.items():
         writer.pr_curve(f"PR_{split}/{cname}", rec, prec, step)
     if vis:

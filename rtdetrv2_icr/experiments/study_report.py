@@ -23,6 +23,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional
 
+from rtdetrv2_icr.core.metric_names import SUB_AP_NAMES, SUB_AP_PREFIX, sub_ap_metric
 from rtdetrv2_icr.experiments.study import StudySpec, metrics_path, run_dir, run_finished
 
 __all__ = ["collect", "summarize", "to_markdown", "CLASS_METRICS", "METRICS"]
@@ -33,16 +34,21 @@ CLASS_METRICS = ("AP50", "AP50:95", "AP_s", "AP_m", "AR")
 
 
 METRICS = ("AP50:95", "AP50", "relational_consistency")
+# then, with relations, each relation's sub-AP: 'sub_ap/<child>-><parent>/<AP50|AP50:95>'
 
 
 # ---- the report --------------------------------------------------------------------------
 def _row(report: Dict[str, Any]) -> Dict[str, Optional[float]]:
-    """The numbers of one run's metrics.json, flat: 'plate/AP50', ..., 'AP50:95', ..."""
+    """The numbers of one run's metrics.json, flat: 'plate/AP50', ..., 'AP50:95', ...,
+    'relational_consistency', 'sub_ap/plate->vehicle/AP50', ..."""
     row: Dict[str, Optional[float]] = {m: report["coco"].get(m) for m in ("AP50:95", "AP50")}
     for cls, m in report["per_class"].items():
         for k in CLASS_METRICS:
             row[f"{cls}/{k}"] = m.get(k)
     row["relational_consistency"] = (report.get("relational_consistency") or {}).get("share")
+    for key, r in (report.get("sub_ap") or {}).items():
+        for k in SUB_AP_NAMES:
+            row[sub_ap_metric(key, k)] = r.get(k)
     return row
 
 
@@ -57,6 +63,9 @@ def _curve(log_path: str) -> List[Dict[str, Any]]:
             point = {"epoch": rec["epoch"], "AP50": rec["val_AP50"], "AP50:95": rec["val_AP50:95"]}
             for cls, m in (rec.get("val_per_class") or {}).items():
                 point[f"{cls}/AP50"] = m.get("AP50")
+            for key, m in (rec.get("val_sub_ap") or {}).items():
+                for k in SUB_AP_NAMES:
+                    point[sub_ap_metric(key, k)] = m.get(k)
             out.append(point)
     return out
 
@@ -239,14 +248,21 @@ def _fmt(st: Dict[str, Any], digits: int = 3) -> str:
     return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}"
 
 
+def _is_sub_ap(name: str) -> bool:
+    return name.startswith(SUB_AP_PREFIX + "/")
+
+
 def _columns(names: List[str]) -> List[str]:
-    classes = sorted({n.split("/")[0] for n in names if "/" in n})
+    classes = sorted({n.split("/")[0] for n in names if "/" in n and not _is_sub_ap(n)})
     cols = [f"{c}/{m}" for c in classes for m in CLASS_METRICS if f"{c}/{m}" in names]
-    return cols + [m for m in METRICS if m in names]
+    relations = sorted({n.split("/")[1] for n in names if _is_sub_ap(n)})
+    sub = [sub_ap_metric(r, m) for r in relations for m in SUB_AP_NAMES]
+    return cols + [m for m in METRICS if m in names] + [c for c in sub if c in names]
 
 
 def _headline(cols: List[str]) -> List[str]:
-    """The metrics of the paired table (and of Holm's family)."""
+    """The metrics of the paired table (and of Holm's family): each class's AP50, AP50:95 and
+    AP_s, the relational consistency and each relation's sub-AP50 and sub-AP50:95."""
     return [
         c
         for c in cols

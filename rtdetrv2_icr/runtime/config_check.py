@@ -95,7 +95,7 @@ def check_config(cfg, splits: Iterable[str] = ("train", "val")) -> RuntimeSettin
                 f"{did_you_mean(key, known)}"
             )
     class_names = data.get("class_names")
-    check_metric_name(rt.best_metric, class_names)
+    check_metric_name(rt.best_metric, class_names, data.get("relations") or [])
     if class_names is not None:
         resolve_relations(data.get("relations"), class_names, "top-level relations")
     missing = [m for split in splits for m in _check_split(cfg, split)]

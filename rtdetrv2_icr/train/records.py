@@ -4,7 +4,8 @@
     log.txt        one JSON line per epoch (train averages, val numbers)
     results.csv    one row per epoch: train losses (total and every term, the epoch's average),
                    lr of each param group at the epoch's last step, val metrics (COCO numbers,
-                   per class, relational consistency; empty on epochs without evaluation)
+                   per class, relational consistency, each relation's sub-AP; empty on epochs
+                   without evaluation)
     loss_curves.png, ap_curves.png   at the end of training, from results.csv
     eval_<split>_last/               the run's last validation (evaluate/result_files.py)
 
@@ -22,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from rtdetrv2_icr.core.metric_names import SUB_AP_NAMES, sub_ap_metric
 from rtdetrv2_icr.evaluate.result_files import draw_plots, write_eval_results
 from rtdetrv2_icr.evaluate.tensorboard import TBWriter
 from rtdetrv2_icr.runtime import dist
@@ -93,6 +95,10 @@ def append_epoch_record(
             "share"
         )
         rec["val_per_class"] = report["per_class"]
+        if report.get("sub_ap"):
+            rec["val_sub_ap"] = {
+                key: {m: r.get(m) for m in SUB_AP_NAMES} for key, r in report["sub_ap"].items()
+            }
     path = os.path.join(output_dir, "log.txt")
     lines = []
     if os.path.isfile(path):
@@ -139,6 +145,8 @@ def epoch_row(
             row[f"val/relational_consistency/{key}"] = r.get("share")
         for cname, metrics in report["per_class"].items():
             row.update({f"val/{cname}/{m}": v for m, v in metrics.items()})
+        for key, r in (report.get("sub_ap") or {}).items():
+            row.update({f"val/{sub_ap_metric(key, m)}": r.get(m) for m in SUB_AP_NAMES})
     return row
 
 
