@@ -19,9 +19,15 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("av")
 
 import uav_detr_icr  # noqa: E402,F401
+from rtdetrv2_icr.core import parse_cli
 from rtdetrv2_icr.data.links import link_detections
-from rtdetrv2_icr.predict.deploy import OnnxRunner, build_deploy_model, compare_detections
-from rtdetrv2_icr.predict.export import export_onnx, resolve_opset
+from rtdetrv2_icr.predict.deploy import (
+    DeployModel,
+    OnnxRunner,
+    build_deploy_model,
+    compare_detections,
+)
+from rtdetrv2_icr.predict.export import export, export_onnx, resolve_opset
 from rtdetrv2_icr.predict.media import VideoWriter, read_video
 from rtdetrv2_icr.predict.predictor import format_summary, predict, records
 from rtdetrv2_icr.predict.preprocess import eval_transforms, inference_config, preprocess
@@ -181,6 +187,73 @@ def test_export_onnx_matches_pytorch(setup):
         assert d["max_abs_boxes"] <= 1e-4 and d["max_abs_scores"] <= 1e-4, d
 
 
+class FixedDetector(torch.nn.Module):
+    """Stands in for the network: the same decoder outputs (sigmoid logits [1, Q, 2], boxes
+    [1, Q, 4] cxcywh) for every image of the batch."""
+
+    def __init__(self, logits, boxes):
+        super().__init__()
+        self.register_buffer("logits", logits)
+        self.register_buffer("boxes", boxes)
+
+    def deploy(self):
+        return self
+
+    def forward(self, images):
+        zero = images.mean((1, 2, 3))[:, None, None] * 0  # [N, 1, 1]: the batch size
+        return {"pred_logits": self.logits + zero, "pred_boxes": self.boxes + zero}
+
+
+# plate 0 / vehicle 1: (label, score, xyxy in a 100 x 100 image) and, per mode, the expected score
+RELATED = [
+    (1, 0.8, [0, 0, 50, 50], {"rescore": 0.8, "drop": 0.8}),
+    (0, 0.9, [10, 10, 20, 20], {"rescore": 0.9 * 0.8, "drop": 0.9}),  # in vehicle 0
+    (0, 0.6, [70, 70, 80, 80], {"rescore": 0.0, "drop": 0.0}),  # in no vehicle
+    (1, 0.3, [55, 0, 100, 50], {"rescore": 0.3, "drop": 0.3}),
+    (0, 0.7, [60, 10, 70, 20], {"rescore": 0.7 * 0.3, "drop": 0.0}),  # in the weak vehicle
+    (0, 0.65, [40.5, 30, 50.5, 40], {"rescore": 0.65 * 0.8, "drop": 0.65}),  # 95 % in 0
+]
+
+
+@pytest.mark.parametrize("mode", ["rescore", "drop"])
+def test_export_onnx_with_relations_matches_pytorch(setup, mode):
+    """The deploy graph (network + post-processor with relations from the config) exported
+    by the project's exporter gives in onnxruntime the scores of PyTorch, which are the
+    hand-computed ones; a batch of 2 with other image sizes."""
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    logits = torch.full((1, len(RELATED), 2), logit(0.001))
+    boxes = torch.zeros(1, len(RELATED), 4)
+    for q, (label, score, (x0, y0, x1, y1), _) in enumerate(RELATED):
+        logits[0, q, label] = logit(score)
+        boxes[0, q] = torch.tensor(
+            [(x0 + x1) / 200, (y0 + y1) / 200, (x1 - x0) / 100, (y1 - y0) / 100]
+        )
+    over = parse_cli(
+        [
+            f"RTDETRPostProcessor.relations={mode}",
+            f"RTDETRPostProcessor.num_top_queries={len(RELATED)}",
+        ]
+    )
+    post = inference_config(setup["cfg"], over).postprocessor
+    module = DeployModel(FixedDetector(logits, boxes), post).eval()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    sizes = torch.tensor([[100, 100], [200, 100]])
+    path = str(setup["root"] / f"relations_{mode}.onnx")
+    export(module, images, sizes, path, 18, False)
+    with torch.no_grad():
+        ref = [t.numpy() for t in module(images, sizes)]
+    got = OnnxRunner(path)(images, sizes)
+    d = compare_detections(ref, got)
+    assert d["unpaired"] == 0 and d["label_mismatch"] == 0 and d["reordered"] == 0
+    assert d["max_abs_boxes"] <= 1e-4 and d["max_abs_scores"] <= 1e-6, d
+    order = np.argsort([-r[1] for r in RELATED], kind="stable")  # top-k order of the queries
+    for b in range(2):
+        assert got[0][b].tolist() == [RELATED[q][0] for q in order]
+        expected = [RELATED[q][3][mode] for q in order]
+        assert got[2][b].tolist() == pytest.approx(expected, abs=1e-5)
+        assert ref[2][b].tolist() == pytest.approx(expected, abs=1e-5)
+
+
 def test_export_simplify_needs_onnxsim(setup, monkeypatch):
     import builtins
 
@@ -305,3 +378,86 @@ def test_dataset_stats_draw_and_network_sizes(setup):
     text = dataset_report(cfg=cfg_of(setup), draw=1, out=str(setup["root"] / "gt_cfg"))
     assert "at the network input (64x64; resized by the val transforms" in text
     assert os.listdir(setup["root"] / "gt_cfg" / "test") == ["000001.jpg"]
+
+
+def test_child_zoom_same_through_pytorch_and_onnx(setup, monkeypatch):
+    """Random weights: every vehicle detection counts as a confident parent (parent score 0),
+    so the two best of each image are cropped and run again, in both engines alike. (This
+    model predicts no plates, so the merge itself is tested on hand-built cases in
+    test_zoom.py.)"""
+    from rtdetrv2_icr.predict.predictor import Predictor
+    from rtdetrv2_icr.predict.zoom import ZoomSettings
+
+    calls = []
+    detect = Predictor.detect
+
+    def spy(self, images):
+        calls.append([im.size for im in images])
+        return detect(self, images)
+
+    monkeypatch.setattr(Predictor, "detect", spy)
+    folder = os.path.join(setup["data"], "val", "images")
+    zoom = ZoomSettings(scale=2.0, min_parent=0, parent_score=0.0, max_parents=2, batch=2)
+    runs = {}
+    for name, engine in (("pt", {"checkpoint": setup["ckpt"]}), ("ox", {"onnx": setup["onnx"]})):
+        out = setup["root"] / f"zoom_{name}"
+        calls.clear()
+        s = predict(
+            cfg_of(setup), folder, str(out), score=0.0, draw=False, batch=3, zoom=zoom, **engine
+        )
+        assert "with child zoom" in s["engine"]
+        # one pass over the 3 images, then one batch of 2 crops per image
+        assert len(calls) == 4 and calls[0] == [(SIZE, SIZE)] * 3
+        assert all(len(c) == 2 and all(w == h and w < SIZE for w, h in c) for c in calls[1:])
+        runs[name] = json.load(open(out / "predictions.json"))
+    check_predictions(runs["pt"])
+    assert len(runs["pt"]) == len(runs["ox"]) == 3 * 30
+    key = lambda r: (r["file_name"], r["category_id"], -r["score"])  # noqa: E731
+    for a, b in zip(sorted(runs["pt"], key=key), sorted(runs["ox"], key=key)):
+        assert a["file_name"] == b["file_name"] and a["category_id"] == b["category_id"]
+        assert abs(a["score"] - b["score"]) <= 2e-5
+
+
+def test_eval_counts_the_refined_detections(setup, monkeypatch):
+    """tools/eval.py --child-zoom: the evaluation counts what the refiner returns. With this
+    model (no plates) the zoom adds nothing and the report equals the plain one; a refiner
+    that drops everything leaves no detection."""
+    from rtdetrv2_icr.evaluate.launch import evaluate_from_config
+    from rtdetrv2_icr.predict.zoom import ZoomSettings, zoom_refiner
+
+    def run(name, factory):
+        out = str(setup["root"] / f"eval_{name}")
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluate_from_config(
+                setup["cfg"],
+                setup["ckpt"],
+                {"device": "cpu", "vis_images": 0},
+                "val",
+                out,
+                refine_factory=factory,
+            )
+        return json.load(open(os.path.join(out, "metrics.json"))), os.path.join(
+            out, "predictions.json"
+        )
+
+    crops = []
+    from rtdetrv2_icr.predict import zoom as zoom_module
+
+    real = zoom_module.zoom_children
+
+    def spy(run_fn, image, det, *a, **k):
+        crops.append(image.size)
+        return real(run_fn, image, det, *a, **k)
+
+    monkeypatch.setattr(zoom_module, "zoom_children", spy)
+    plain, _ = run("plain", None)
+    zoom = ZoomSettings(scale=2.0, min_parent=0, parent_score=0.0, max_parents=2)
+    zoomed, _ = run("zoom", zoom_refiner(zoom))
+    assert crops == [(SIZE, SIZE)] * 3  # every val image looked at again
+    assert zoomed["coco"] == plain["coco"] and zoomed["per_class"] == plain["per_class"]
+
+    def drop_all(cfg, dataset, model, postprocessor, device):
+        return lambda ids, results: [{k: v[:0] for k, v in r.items()} for r in results]
+
+    _, preds = run("none", drop_all)
+    assert json.load(open(preds)) == []

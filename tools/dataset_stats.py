@@ -13,6 +13,9 @@ files default to its train/val/test annotation files that exist.
 --draw N --out DIR writes the first N images of each file with their ground-truth boxes (one
 colour per class) and a line from every child to its parent; the image folder is --images, the
 config's img_folder for that file, or <root>/<split>/images beside <root>/annotations/<split>.json.
+--suggest-relations lists instead the class pairs (child, parent) where at least --min-share
+(default 0.9) of the child's boxes lie >= --min-inside (default 0.9) inside a box of the parent
+class in the same image, with the config lines that declare them.
 """
 
 import argparse
@@ -21,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rtdetrv2_icr.prepare.stats import dataset_report  # noqa: E402
+from rtdetrv2_icr.prepare.stats import dataset_report, relation_report  # noqa: E402
 
 
 def parse_size(text):
@@ -67,6 +70,13 @@ def parse_args(argv=None):
     )
     ap.add_argument("--out", help="folder for --draw")
     ap.add_argument("--images", help="image folder for --draw (one json file)")
+    ap.add_argument(
+        "--suggest-relations",
+        action="store_true",
+        help="list the class pairs whose boxes nest, with their config lines",
+    )
+    ap.add_argument("--min-share", type=float, default=0.9, help="--suggest-relations share")
+    ap.add_argument("--min-inside", type=float, default=0.9, help="--suggest-relations containment")
     ap.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE", help="config overrides (-c)")
     args = ap.parse_args(argv)
     if args.draw and not args.out:
@@ -96,6 +106,13 @@ def main(argv=None):
 
         cfg = inference_config(args.config, parse_cli(args.update))
     try:
+        if args.suggest_relations:
+            print(
+                relation_report(
+                    args.files, cfg, classes, args.min_share, args.min_inside, args.json
+                )
+            )
+            return
         text = dataset_report(
             args.files,
             cfg,
@@ -108,7 +125,7 @@ def main(argv=None):
             args.out,
             args.images,
         )
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
     print(text)
 

@@ -9,8 +9,9 @@ consistency).
 Prints the tables and writes into DIR: metrics.json and metrics.md (the report), predictions.json
 (every kept detection, COCO results format), config.yml (the merged config of this evaluation),
 pr_curves.png, confusion_matrix.png and recall_by_size.png. EMA weights are used when the
-checkpoint has them (--weights model to use the raw model weights). The library code:
-rtdetrv2_icr/evaluate/launch.py and loop.py.
+checkpoint has them (--weights model to use the raw model weights). --child-zoom counts the
+detections after a closer look at each confident parent (rtdetrv2_icr/predict/zoom.py). The
+library code: rtdetrv2_icr/evaluate/launch.py and loop.py.
 """
 
 import argparse
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr comes with it)
 from rtdetrv2_icr.core import parse_cli  # noqa: E402
 from rtdetrv2_icr.evaluate.launch import evaluate_from_config  # noqa: E402
+from rtdetrv2_icr.predict.zoom import add_zoom_args, zoom_from_args, zoom_refiner  # noqa: E402
 from rtdetrv2_icr.runtime import dist  # noqa: E402
 
 
@@ -48,7 +50,9 @@ def main(argv=None) -> int:
         "--tensorboard", action="store_true", help="also write TensorBoard summaries to OUT/summary"
     )
     p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE")
+    add_zoom_args(p)
     args = p.parse_args(argv)
+    zoom = zoom_from_args(args)
 
     overrides = parse_cli(args.update)
     if args.no_amp:
@@ -67,6 +71,7 @@ def main(argv=None) -> int:
         out,
         args.backend,
         prefer_ema=args.weights == "ema",
+        refine_factory=zoom_refiner(zoom) if zoom else None,
     )
     if dist.is_main_process():
         print(f"written to {out}: {', '.join(sorted(os.listdir(out)))}")

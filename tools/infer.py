@@ -9,8 +9,9 @@ annotated images (or DIR/<video name>.mp4), with a line from every child detecti
 detection it lies >= 90 % inside, and predictions.json (COCO results with category_name and
 parent_idx; video frames carry `frame`). Detections below --score are left out of both. EMA
 weights are used when the checkpoint has them. --onnx runs an exported model
-(tools/export_onnx.py) in onnxruntime with the same pre- and post-processing. The library code:
-rtdetrv2_icr/predict/predictor.py.
+(tools/export_onnx.py) in onnxruntime with the same pre- and post-processing. --child-zoom looks
+again at each confident parent for its tiny children (rtdetrv2_icr/predict/zoom.py). The
+library code: rtdetrv2_icr/predict/predictor.py.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import uav_detr_icr  # noqa: E402,F401  (registers UAV-DETR's neck; rtdetrv2_icr
 from rtdetrv2_icr.core import parse_cli  # noqa: E402
 from rtdetrv2_icr.predict.predictor import format_summary, predict  # noqa: E402
 from rtdetrv2_icr.predict.preprocess import inference_config  # noqa: E402
+from rtdetrv2_icr.predict.zoom import add_zoom_args, zoom_from_args  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,6 +60,7 @@ def parse_args(argv=None):
         "longer side, so labels stay legible (default: original size)",
     )
     p.add_argument("-u", "--update", nargs="+", metavar="KEY=VALUE", help="config overrides")
+    add_zoom_args(p)
     args = p.parse_args(argv)
     if bool(args.checkpoint) == bool(args.onnx):
         p.error("give exactly one of -r CHECKPOINT and --onnx MODEL")
@@ -83,6 +86,7 @@ def main(argv=None) -> int:
             ann=args.ann,
             draw=not args.no_draw,
             draw_min_side=args.draw_min_side,
+            zoom=zoom_from_args(args),
         )
     except ValueError as e:
         raise SystemExit(f"infer: {e}") from None

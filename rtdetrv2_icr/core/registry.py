@@ -8,7 +8,9 @@ carry ``type: ClassName`` (``optimizer: {type: AdamW, lr: 1e-4}``). Classes decl
   string (the name of a section or class) or as a dict with a ``type`` key; those
   components are built recursively;
 * ``__share__``: arguments filled from top-level keys of the config when present
-  (``num_classes``, ``eval_spatial_size``, ``class_names`` ...).
+  (``num_classes``, ``eval_spatial_size``, ``class_names`` ...);
+* ``__share_as__``: ``{argument: top-level key}`` for an argument that reads a top-level key
+  under another name (the key's own name is taken by an argument of the section).
 
 Unknown keys are errors that name the section and, when known, the file that set them.
 """
@@ -114,6 +116,9 @@ def create(name_or_spec: Any, cfg: Optional[dict] = None, _path: Optional[str] =
     for k in share:
         if k in cfg and k not in spec:
             args[k] = cfg[k]
+    for arg, key in getattr(cls, "__share_as__", {}).items():
+        if key in cfg and arg not in spec:
+            args[arg] = cfg[key]
     for k, v in spec.items():
         if k not in names and not var_kw:
             raise ConfigError(

@@ -29,9 +29,11 @@ def evaluate_from_config(
     out_dir: Optional[str] = None,
     backend: Optional[str] = None,
     prefer_ema: bool = True,
+    refine_factory=None,
 ) -> Dict[str, Any]:
     """Evaluate ``checkpoint`` with the model of ``config`` (plus ``overrides``) on ``split``;
-    the files go to ``out_dir``, and its config.yml records the checkpoint as ``resume``."""
+    the files go to ``out_dir``, and its config.yml records the checkpoint as ``resume``.
+    ``refine_factory``: see `evaluate_checkpoint` (tools/eval.py --child-zoom)."""
     check_checkpoint(checkpoint)  # before anything else: a missing file is named as such
     overrides = dict(overrides or {})
     device = dist.init_distributed(overrides.get("device"))
@@ -43,4 +45,6 @@ def evaluate_from_config(
         get_logger().info(
             f"evaluating {checkpoint} ({which}) on the {split} split, backend {backend}"
         )
-        return evaluate_checkpoint(cfg, checkpoint, split, out_dir, backend, prefer_ema)
+        return evaluate_checkpoint(
+            cfg, checkpoint, split, out_dir, backend, prefer_ema, refine_factory
+        )

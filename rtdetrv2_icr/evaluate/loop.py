@@ -14,7 +14,7 @@ import datetime
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -29,6 +29,9 @@ from rtdetrv2_icr.runtime.log import get_logger
 from rtdetrv2_icr.runtime.precision import autocast, eval_amp_dtype, float_outputs
 
 __all__ = ["EvalProgress", "run_inference", "evaluate", "evaluate_checkpoint"]
+
+# (image ids, their post-processed detections) -> detections to count instead
+Refine = Callable[[List[int], List[Dict[str, torch.Tensor]]], List[Dict[str, torch.Tensor]]]
 
 
 class EvalProgress:
@@ -69,10 +72,12 @@ def run_inference(
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
     n_vis: int = 0,
+    refine: Optional[Refine] = None,
 ) -> List[Any]:
     """Feed ``evaluator.update`` with the post-processed detections of every batch (boxes in
     original-image pixels, keyed by image id), showing progress; returns up to ``n_vis``
-    (image, gt, pred) items."""
+    (image, gt, pred) items. ``refine(image ids, detections) -> detections`` changes them
+    before they are counted (the parent-guided zoom of tools/eval.py --child-zoom)."""
     vis: List[Any] = []
     try:
         progress = EvalProgress(len(loader))
@@ -84,7 +89,10 @@ def run_inference(
             outputs = float_outputs(module(samples))
         orig = torch.stack([t["orig_size"] for t in targets], 0).to(device)
         results = postprocessor(outputs, orig, input_size=samples.shape[-2:])
-        evaluator.update({int(t["image_id"].reshape(-1)[0]): r for t, r in zip(targets, results)})
+        ids = [int(t["image_id"].reshape(-1)[0]) for t in targets]
+        if refine is not None:
+            results = refine(ids, results)
+        evaluator.update(dict(zip(ids, results)))
         if len(vis) < n_vis:
             vis += vis_items(postprocessor, samples, targets, outputs, evaluator, n_vis - len(vis))
         progress.step(i + 1, len(targets))
@@ -107,6 +115,7 @@ def evaluate(
     cfg=None,
     vis_images: int = 0,
     vis_score: float = 0.5,
+    refine: Optional[Refine] = None,
 ) -> Dict[str, Any]:
     """Run ``loader`` through ``module`` (eval mode) into ``evaluator``; on rank 0 log the
     report, write its files into ``out_dir`` (evaluate/result_files.py) and show it in
@@ -115,7 +124,7 @@ def evaluate(
     evaluator.reset()
     n_vis = vis_images if writer else 0
     t0 = time.time()
-    vis = run_inference(module, postprocessor, loader, evaluator, device, amp_dtype, n_vis)
+    vis = run_inference(module, postprocessor, loader, evaluator, device, amp_dtype, n_vis, refine)
     report = evaluator.summarize(split=split, backend=backend)
     report["eval_seconds"] = round(time.time() - t0, 2)
     if dist.is_main_process():
@@ -133,11 +142,13 @@ def evaluate_checkpoint(
     out_dir: Optional[str] = None,
     backend: Optional[str] = None,
     prefer_ema: bool = True,
+    refine_factory: Optional[Callable[..., Refine]] = None,
 ) -> Dict[str, Any]:
     """Evaluate the weights of checkpoint ``path`` (its EMA weights when it has them and
     ``prefer_ema``) with ``cfg``'s model on ``split``; files into ``out_dir``. The checkpoint
     supplies the weights, so no pretrained backbone is downloaded. Under torchrun every rank
-    evaluates its share of the images and the report gathers them."""
+    evaluates its share of the images and the report gathers them. ``refine_factory(cfg,
+    dataset, model, postprocessor, device)`` builds the ``refine`` of `run_inference`."""
     check_checkpoint(path)  # first: a missing file is named as such
     rt = check_config(cfg, splits=(split,))
     cfg.disable_pretrained()
@@ -149,6 +160,9 @@ def evaluate_checkpoint(
     postprocessor = cfg.postprocessor.to(device)
     loader = build_dataloader(cfg, f"{split}_dataloader", shuffle=False)
     evaluator = build_evaluator(cfg, loader.dataset)
+    refine = None
+    if refine_factory is not None:
+        refine = refine_factory(cfg, loader.dataset, model.eval(), postprocessor, device)
     writer = None
     if out_dir:
         writer = TBWriter(os.path.join(out_dir, "summary"), enabled=rt.eval_tensorboard)
@@ -169,6 +183,7 @@ def evaluate_checkpoint(
             cfg=cfg,
             vis_images=rt.vis_images,
             vis_score=rt.vis_score_thr,
+            refine=refine,
         )
     finally:
         if writer is not None:

@@ -36,8 +36,10 @@ from rtdetrv2_icr.predict.preprocess import (
     class_info,
     dataset_categories,
     eval_transforms,
+    network_input_size,
     preprocess,
 )
+from rtdetrv2_icr.predict.zoom import ZoomSettings, zoom_children
 from rtdetrv2_icr.runtime.dist import pick_device
 
 __all__ = [
@@ -107,8 +109,12 @@ class Predictor:
         score: float = 0.5,
         prefer_ema: bool = True,
         draw_min_side: int = 0,
+        zoom: Optional[ZoomSettings] = None,
     ):
         self.transforms = eval_transforms(cfg)
+        self.zoom = zoom
+        h, w = network_input_size(cfg, self.transforms)
+        self.input_aspect = w / h
         self.names, self.parent_of = class_info(cfg)
         self.thr = score
         self.min_side = draw_min_side
@@ -127,7 +133,9 @@ class Predictor:
         out = self.model(x.to(self.device), sizes.to(self.device))
         return tuple(t.cpu().numpy() for t in out)
 
-    def __call__(self, images):
+    def detect(self, images):
+        """PIL images -> per image (labels, boxes xyxy in its pixels, scores), every detection
+        of the post-processor (no score threshold)."""
         tensors, sizes = preprocess(images, self.transforms)
         if all(t.shape == tensors[0].shape for t in tensors):
             groups = [list(range(len(tensors)))]
@@ -137,10 +145,24 @@ class Predictor:
         for g in groups:
             labels, boxes, scores = self._run(torch.stack([tensors[i] for i in g]), sizes[g])
             for k, i in enumerate(g):
-                keep = scores[k] >= self.thr
-                lab, box, sc = labels[k][keep], boxes[k][keep], scores[k][keep]
-                per_image[i] = (lab, box, sc, link_detections(box, lab, self.parent_of))
+                per_image[i] = (labels[k], boxes[k], scores[k])
         return per_image
+
+    def __call__(self, images):
+        """PIL images -> per image (labels, boxes, scores, parent index) with score >= thr;
+        with ``zoom``, each confident parent is looked at again for its children (zoom.py)."""
+        dets = self.detect(images)
+        if self.zoom is not None:
+            dets = [
+                zoom_children(self.detect, im, d, self.parent_of, self.zoom, self.input_aspect)
+                for im, d in zip(images, dets)
+            ]
+        out = []
+        for lab, box, sc in dets:
+            keep = sc >= self.thr
+            lab, box, sc = lab[keep], box[keep], sc[keep]
+            out.append((lab, box, sc, link_detections(box, lab, self.parent_of)))
+        return out
 
     def draw(self, image, det):
         lab, box, sc, parent = det
@@ -244,10 +266,11 @@ def predict(
     ann: Optional[str] = None,
     draw: bool = True,
     draw_min_side: int = 0,
+    zoom: Optional[ZoomSettings] = None,
 ) -> Dict[str, Any]:
     """Run the model of ``cfg`` (weights of ``checkpoint``, or the ONNX model ``onnx``) on
     ``input_path`` and write into ``out_dir`` (module docstring); returns the summary that
-    `format_summary` prints."""
+    `format_summary` prints. ``zoom``: parent-guided zoom for the children (zoom.py)."""
     if bool(checkpoint) == bool(onnx):
         raise ValueError("give exactly one of a checkpoint and an ONNX model")
     if batch < 1:
@@ -260,7 +283,7 @@ def predict(
         raise ValueError(
             f"--out {out_dir} is the input folder: annotated images would overwrite the inputs"
         )
-    pred = Predictor(cfg, dev, checkpoint, onnx, score, prefer_ema, draw_min_side)
+    pred = Predictor(cfg, dev, checkpoint, onnx, score, prefer_ema, draw_min_side, zoom)
     cats, image_ids, cat_source = coco_lookup(
         cfg, pred.names, in_dir if kind != "video" else None, ann
     )
@@ -289,7 +312,8 @@ def predict(
         "count": n,
         "unit": "frames" if kind == "video" else "images",
         "seconds": secs,
-        "engine": f"onnxruntime ({onnx})" if onnx else f"PyTorch on {dev}",
+        "engine": (f"onnxruntime ({onnx})" if onnx else f"PyTorch on {dev}")
+        + (" with child zoom" if zoom else ""),
         "score": score,
         "categories": cat_source,
         "detections": Counter(r["category_name"] for r in results),

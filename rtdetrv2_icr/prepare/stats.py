@@ -1,7 +1,8 @@
 """Dataset statistics in the terms of the ICR paper (§2.2, Table 1): objects per class, COCO
 size buckets, children per image, and how many children have a parent; and object sizes in
 pixels of the network input (each image resized as in evaluation), which is what decides whether
-a plate is a small object for the detector."""
+a plate is a small object for the detector. `suggest_relations` finds the class pairs whose
+boxes nest (a child class inside a parent class) and writes the config lines that declare them."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from rtdetrv2_icr.data.annotations import CocoIndex, load_coco_json
 from rtdetrv2_icr.data.errors import WeakLinkWarning
+from rtdetrv2_icr.ops.boxes import containment
 
 __all__ = [
     "dataset_statistics",
@@ -31,6 +33,9 @@ __all__ = [
     "image_folder",
     "draw_ground_truth",
     "dataset_report",
+    "suggest_relations",
+    "format_relation_suggestions",
+    "relation_report",
 ]
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO area thresholds
@@ -362,4 +367,124 @@ def dataset_report(
             written = draw_ground_truth(index, image_folder(path, images, datasets), draw, where)
             if not as_json:
                 parts.append(f"drew the ground truth of {len(written)} image(s) into {where}")
+    return "\n".join(parts)
+
+
+# ---- relation discovery ----------------------------------------------------------------------
+def suggest_relations(index: CocoIndex, min_share: float = 0.9, min_inside: float = 0.9) -> dict:
+    """Class pairs (child, parent), child != parent, where at least ``min_share`` of the child
+    class's boxes lie at least ``min_inside`` inside (area share, `ops.containment`) some box of
+    the parent class in the same image. Counts every ordered pair of classes; the pairs listed
+    are those that qualify, highest share first. ``relations`` keeps, per child class, the
+    parent of highest share (a child class has one parent class)."""
+    names = index.class_names
+    k = len(names)
+    boxes_of = np.zeros(k, dtype=np.int64)  # boxes per class
+    inside_of = np.zeros((k, k), dtype=np.int64)  # [child class, parent class]
+    for rec in index.images:
+        if not len(rec.labels):
+            continue
+        b = torch.from_numpy(rec.boxes).double()
+        nested = containment(b[:, None], b[None]) >= min_inside  # [child box, parent box]
+        nested.fill_diagonal_(False)  # a box is not its own parent
+        by_class = torch.nn.functional.one_hot(torch.from_numpy(rec.labels), k)  # [N, K]
+        in_class = (nested.long() @ by_class) > 0  # [N, K]: inside some box of class p
+        np.add.at(boxes_of, rec.labels, 1)
+        np.add.at(inside_of, rec.labels, in_class.numpy().astype(np.int64))
+    share = inside_of / np.maximum(boxes_of, 1)[:, None]
+    candidates = [
+        {
+            "child": names[c],
+            "parent": names[p],
+            "child_boxes": int(boxes_of[c]),
+            "contained": int(inside_of[c, p]),
+            "share": float(share[c, p]),
+        }
+        for c in range(k)
+        for p in range(k)
+        if c != p and boxes_of[c]
+    ]
+    candidates.sort(key=lambda r: (-r["share"], -r["contained"], r["child"], r["parent"]))
+    pairs = [r for r in candidates if r["share"] >= min_share - 1e-12]
+    relations, seen = [], set()
+    for r in pairs:  # highest share first: the first parent of each child is kept
+        if r["child"] not in seen:
+            seen.add(r["child"])
+            relations.append({"child": r["child"], "parent": r["parent"]})
+    return {
+        "file": index.ann_file,
+        "images": len(index.images),
+        "class_names": list(names),
+        "min_share": float(min_share),
+        "min_inside": float(min_inside),
+        "pairs": pairs,
+        "best_other": next((r for r in candidates if r not in pairs), None),
+        "relations": relations,
+    }
+
+
+def format_relation_suggestions(sg: dict) -> str:
+    rule = (
+        f"at least {100 * sg['min_share']:g}% of the child's boxes lie >= {sg['min_inside']:g} "
+        f"inside a box of the parent class in the same image"
+    )
+    lines = [f"{sg['file']}: {sg['images']} images; relations where {rule}"]
+    if not sg["pairs"]:
+        lines.append("no class pair qualifies")
+        best = sg["best_other"]
+        if best:
+            lines.append(
+                f"closest: {best['child']} -> {best['parent']}, {best['contained']}/"
+                f"{best['child_boxes']} ({100 * best['share']:.1f}%)"
+            )
+        return "\n".join(lines)
+    lines.append(f"{'child':<12}{'parent':<12}{'child boxes':>12}{'contained':>11}{'share':>9}")
+    for r in sg["pairs"]:
+        lines.append(
+            f"{r['child']:<12}{r['parent']:<12}{r['child_boxes']:>12}{r['contained']:>11}"
+            f"{100 * r['share']:>8.1f}%"
+        )
+    kept = {(r["child"], r["parent"]) for r in sg["relations"]}
+    for r in sg["pairs"]:
+        if (r["child"], r["parent"]) not in kept:
+            lines.append(
+                f"({r['child']} -> {r['parent']} left out of the config lines: a child class has "
+                f"one parent class, the one of highest share is kept)"
+            )
+    rel = ", ".join(f"{{child: {r['child']}, parent: {r['parent']}}}" for r in sg["relations"])
+    lines += [
+        "config lines:",
+        f"class_names: [{', '.join(sg['class_names'])}]",
+        f"relations: [{rel}]",
+    ]
+    return "\n".join(lines)
+
+
+def relation_report(
+    files: Sequence[str] = (),
+    cfg=None,
+    classes: Optional[Sequence[str]] = None,
+    min_share: float = 0.9,
+    min_inside: float = 0.9,
+    as_json: bool = False,
+) -> str:
+    """`suggest_relations` on each COCO json of ``files`` (default with a config ``cfg``: its
+    datasets' files; its class_names unless ``classes``), as text or one JSON line per file."""
+    if not 0.0 < min_share <= 1.0 or not 0.0 < min_inside <= 1.0:
+        raise ValueError(
+            f"the share ({min_share}) and the containment ({min_inside}) must be in (0, 1]"
+        )
+    files = list(files)
+    if cfg is not None:
+        classes = classes or cfg.get("class_names")
+        files = files or [ann for ann, _ in config_datasets(cfg)]
+    if not files:
+        raise FileNotFoundError("no COCO json files to look for relations in")
+    parts = []
+    for k, path in enumerate(files):
+        index = load_coco_json(path, None, class_names=classes, relations=[])
+        sg = suggest_relations(index, min_share, min_inside)
+        parts.append(
+            json.dumps(sg) if as_json else ("\n" if k else "") + format_relation_suggestions(sg)
+        )
     return "\n".join(parts)
