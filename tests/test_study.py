@@ -235,3 +235,26 @@ def test_sub_ap_in_the_table_and_the_paired_differences(tmp_path):
     assert "| icr | baseline | sub_ap/plate->vehicle/AP50 | 0.100 ± 0.100 |" in md
     assert "| icr | baseline | sub_ap/plate->vehicle/AP50:95 |" in md
     assert "| sub_ap/AP50 |" not in md  # not mistaken for a class
+
+
+def test_fine_tuning_runs_resume_from_their_own_checkpoint(tmp_path):
+    """A fine-tune design starts every run from one shared checkpoint (``tuning``); once a run
+    has its own last.pth it resumes from that, without the shared start (-r and -t together
+    are refused)."""
+    from rtdetrv2_icr.experiments.study import train_command
+
+    spec_path = tmp_path / "ft.yml"
+    spec_path.write_text(
+        f"name: ft\nbase: {REPO}/configs/demo/rtdetrv2_r18vd_icr_synthetic.yml\n"
+        "overrides: {tuning: output/base/last.pth, epoches: 3}\nbaseline: a\n"
+        "variants: {a: {}}\nseeds: [4]\nsplit: val\n"
+    )
+    spec = load_study(str(spec_path))
+    run = tmp_path / "a" / "seed4"
+    fresh = train_command(spec, "a", 4, str(run))
+    assert "-r" not in fresh and 'tuning="output/base/last.pth"' in fresh and "seed=4" in fresh
+    run.mkdir(parents=True)
+    (run / "last.pth").write_bytes(b"")
+    resumed = train_command(spec, "a", 4, str(run))
+    assert resumed[resumed.index("-r") + 1] == str(run / "last.pth")
+    assert not any(a.startswith("tuning=") for a in resumed) and "epoches=3" in resumed

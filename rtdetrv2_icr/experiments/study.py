@@ -212,10 +212,13 @@ def train_command(
         "--eval-split",
         spec.split,
     ]
+    overrides = run_overrides(spec, variant, seed)
     last = os.path.join(out, "last.pth")
     if os.path.isfile(last):
+        # a fine-tuning run (``tuning``: the shared start) resumes from its own last.pth
         cmd += ["-r", last]
-    return cmd + ["-u", *run_overrides(spec, variant, seed), *extra]
+        overrides = [o for o in overrides if not o.startswith("tuning=")]
+    return cmd + ["-u", *overrides, *extra]
 
 
 def prepare_data(spec: StudySpec, extra=()) -> None:
