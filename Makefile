@@ -4,6 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEV    := pytest pytest-xdist hypothesis ruff==0.17.6
+# the optional extras, at the versions they were tested with: `make test` installs them so CI
+# tests them; `make demo` needs only the core
+EXTRAS := ultralytics==8.4.190 sahi==0.12.8
+XSTAMP := $(VENV)/.installed-extras
 WORKERS ?= 2
 
 .PHONY: install test lint format demo gpu-check clean
@@ -14,9 +18,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+$(XSTAMP): $(STAMP)
+	$(PY) -m pip install -q $(EXTRAS)
+	touch $(XSTAMP)
+
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(XSTAMP)
 	$(PY) -m pytest -n $(WORKERS) --dist worksteal tests
 
 lint: $(STAMP)
