@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from rtdetrv2_icr.experiments.trajectory import SimConfig, SimResult
+from rtdetrv2_icr.simulation.trajectory import SimConfig, SimResult
 
 __all__ = ["summarize", "markdown_table", "start_groups", "compare", "group_table"]
 

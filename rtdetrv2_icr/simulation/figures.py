@@ -4,6 +4,7 @@ plot_error_curves(results, path)        mean l1 error per iteration, one panel p
 plot_inside_curves(results, path)       share of starts inside the vehicle per iteration
 plot_trajectories(results, scene, path) box outlines over iterations, variants side by side
 plot_distortion(offsets, iou, cbbl, path) loss and slope vs centre offset, by box size
+plot_protocol_curves(result, path)      summed l1 error per iteration of the DIoU-paper protocol
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from rtdetrv2_icr.experiments.trajectory import Scene, SimConfig, SimResult, Variant  # noqa: E402
+from rtdetrv2_icr.simulation.trajectory import Scene, SimConfig, SimResult, Variant  # noqa: E402
 
 __all__ = [
     "plot_error_curves",
     "plot_inside_curves",
     "plot_trajectories",
     "plot_distortion",
+    "plot_protocol_curves",
     "variant_style",
 ]
 
@@ -257,5 +259,30 @@ def plot_distortion(
     fig.suptitle(
         title or "Gradient distortion: same pixel offset, different box sizes", fontsize=11
     )
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_protocol_curves(result: Dict[str, Dict[str, object]], path: str, title: str = ""):
+    """Summed l1 error against iteration (log scale), one line per loss, from
+    ``run_diou_protocol``'s result ({loss: {error_curve, final_error, ...}})."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.get_cmap("tab10")
+    for k, (loss, r) in enumerate(result.items()):
+        y = np.asarray(r["error_curve"], dtype=float)
+        ax.plot(
+            np.arange(len(y)),
+            np.where(y > 0, y, np.nan),
+            color=colors(k % 10),
+            lw=1.6,
+            label=f"{loss} (final {r['final_error']:.4g})",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration", fontsize=9)
+    ax.set_ylabel("l1 error summed over all cases", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "DIoU-paper simulation: regression error per iteration", fontsize=10)
     fig.tight_layout()
     _save(fig, path)

@@ -1,8 +1,11 @@
-"""The trajectory study's run: simulate every variant over the default scene, draw the figures
-and write the table (tools/trajectory.py; the simulation is trajectory.py's, the figures
-trajectory_figures.py's, the tables trajectory_table.py's).
+"""The trajectory study's runs (tools/trajectory.py): ``protocol='scene'`` simulates every variant
+over the plate-in-vehicle scene, draws the figures and writes the table (the simulation is
+trajectory.py's, the figures figures.py's, the tables table.py's);
+``protocol='diou'`` runs the DIoU paper's simulation (diou_protocol.py) and writes
+diou_protocol.json, diou_protocol.png and diou_protocol.md.
 
     result = run(TrajectoryOptions(out="docs/figures/trajectory"), command)
+    result = run(TrajectoryOptions(out="/tmp/d", protocol="diou", points=200), command)
 """
 
 from __future__ import annotations
@@ -15,8 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rtdetrv2_icr.experiments.distortion import cbbl_curves, iou_family_curves
-from rtdetrv2_icr.experiments.trajectory import (
+from rtdetrv2_icr.simulation.diou_protocol import DIOU_LOSSES, run_diou_protocol
+from rtdetrv2_icr.simulation.distortion import cbbl_curves, iou_family_curves
+from rtdetrv2_icr.simulation.figures import (
+    plot_distortion,
+    plot_error_curves,
+    plot_inside_curves,
+    plot_protocol_curves,
+    plot_trajectories,
+)
+from rtdetrv2_icr.simulation.table import group_table, markdown_table, summarize
+from rtdetrv2_icr.simulation.trajectory import (
     LOSSES,
     SimConfig,
     Variant,
@@ -25,15 +37,10 @@ from rtdetrv2_icr.experiments.trajectory import (
     simulate_all,
     track_scene,
 )
-from rtdetrv2_icr.experiments.trajectory_figures import (
-    plot_distortion,
-    plot_error_curves,
-    plot_inside_curves,
-    plot_trajectories,
-)
-from rtdetrv2_icr.experiments.trajectory_table import group_table, markdown_table, summarize
 
-__all__ = ["TrajectoryOptions", "run"]
+__all__ = ["PROTOCOLS", "TrajectoryOptions", "run", "run_diou"]
+
+PROTOCOLS = ("scene", "diou")
 
 
 @dataclass(frozen=True)
@@ -41,11 +48,13 @@ class TrajectoryOptions:
     """What a trajectory run varies; tools/trajectory.py's options, with its defaults."""
 
     out: str = "docs/figures/trajectory"
-    losses: str = ",".join(LOSSES)  # comma-separated base IoU-family losses
+    protocol: str = "scene"  # 'scene' (plate in vehicle) or 'diou' (the DIoU paper's simulation)
+    losses: str = ""  # comma-separated base IoU-family losses ('': all for scene, 4 for diou)
     modes: str = "scale,binary"  # ICR modes besides 'none'
     no_control: bool = False  # leave out 'no ICR, eta x (1 + lambda)'
     iters: int = 200
     eta: float = 0.1
+    constant_step: bool = False  # keep eta constant (default: x0.1 at 80 % and 90 % of iters)
     lam: float = 2.5
     grid: int = 10  # start centres per axis
     span: float = 1.5  # start centres cover the vehicle box scaled by this about its centre
@@ -56,6 +65,10 @@ class TrajectoryOptions:
     every: int = 5  # draw every k-th box in trajectories
     no_distortion: bool = False
     threads: int = 1
+    points: int = 200  # diou protocol: anchor centres (5000 in the paper)
+    seed: int = 0  # diou protocol: seed of the anchor centres
+    size_grad: float = 2.0  # diou protocol: factor on the overlap term's w, h gradient
+    chunk: int = 16384  # diou protocol: cases per batch
 
 
 def _round(x, digits=5):
@@ -66,21 +79,35 @@ def _list(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _schedule(cfg) -> str:
+    """The step schedule in words."""
+    if not cfg.decay:
+        return f"constant eta = {cfg.eta:g}"
+    a, b = (8 * cfg.iters) // 10, (9 * cfg.iters) // 10
+    return f"eta_t = {cfg.eta:g}, x0.1 from iteration {a} and again from {b} (DIoU paper's decay)"
+
+
 def run(args: TrajectoryOptions, command: str) -> dict:
     """Simulate, draw and tabulate with the options ``args``; returns {rows, results, wall,
-    table}. ``command`` is the command line quoted in the table."""
+    table}; with ``protocol='diou'``, ``run_diou``'s result. ``command`` is the command line
+    quoted in the table."""
+    if args.protocol not in PROTOCOLS:
+        raise ValueError(f"trajectory: unknown protocol {args.protocol!r}; choose from {PROTOCOLS}")
+    if args.protocol == "diou":
+        return run_diou(args, command)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     cfg = SimConfig(
         iters=args.iters,
         eta=args.eta,
+        decay=not args.constant_step,
         lam=args.lam,
         nwd_constant=args.nwd_constant,
         min_size=args.min_size,
         inside_threshold=args.inside,
     )
-    losses = _list(args.losses)
+    losses = _list(args.losses) or list(LOSSES)
     modes = _list(args.modes)
     variants = all_variants(losses, modes, control_step=None if args.no_control else 1 + args.lam)
     scene = default_scene(grid=args.grid, span=args.span)
@@ -115,7 +142,7 @@ def run(args: TrajectoryOptions, command: str) -> dict:
         f"{info['grid']} x {info['grid']} grid of centres over the vehicle scaled by "
         f"{info['span']:g} (the vehicle covers {100 / info['span'] ** 2:.0f} % of that region), "
         "x areas 0.5, 2 x aspects 1:2, 1:1, 2:1, 4:1.",
-        f"Update B_t = B_(t-1) - eta (2 - IoU) dL/dB, eta = {cfg.eta:g}, {cfg.iters} iterations, "
+        f"Update B_t = B_(t-1) - eta_t (2 - IoU) dL/dB, {cfg.iters} iterations, {_schedule(cfg)}, "
         f"B = (cx, cy, w, h); w, h clamped to >= {cfg.min_size:g} after each step. ICR lambda = "
         f"{cfg.lam:g}, factor on the IoU-family loss only; NWD constant {cfg.nwd_constant:g} "
         f"unit; Inner-SIoU ratio {cfg.inner_ratio:g}.",
@@ -155,3 +182,67 @@ def run(args: TrajectoryOptions, command: str) -> dict:
         )
     print(table)
     return {"rows": rows, "results": results, "wall": wall, "table": table}
+
+
+def run_diou(args: TrajectoryOptions, command: str) -> dict:
+    """The DIoU paper's simulation with the options ``args`` (points, seed, losses, iters, eta,
+    constant_step, size_grad, min_size, chunk, threads); writes diou_protocol.json ({loss:
+    {final_error, error_curve, converged, clamped}}), diou_protocol.png (error per iteration, log
+    scale) and diou_protocol.md (the table, with the command and wall time). Returns {result,
+    wall, table}."""
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    losses = _list(args.losses) or list(DIOU_LOSSES)
+    result = run_diou_protocol(
+        points=args.points,
+        losses=losses,
+        seed=args.seed,
+        iters=args.iters,
+        eta=args.eta,
+        decay=not args.constant_step,
+        size_grad=args.size_grad,
+        min_size=args.min_size,
+        chunk=args.chunk,
+    )
+    wall = time.perf_counter() - t0
+    cases = args.points * 49 * 7
+    with open(os.path.join(args.out, "diou_protocol.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    plot_protocol_curves(
+        result,
+        os.path.join(args.out, "diou_protocol.png"),
+        f"DIoU-paper simulation: {cases:,} cases ({args.points} points), summed l1 error",
+    )
+    cfg = SimConfig(iters=args.iters, eta=args.eta, decay=not args.constant_step)
+    grad = (
+        "exact gradient of each loss"
+        if args.size_grad == 1
+        else f"w, h components of the overlap term's gradient x{args.size_grad:g}"
+        + (" (the DIoU authors' convention)" if args.size_grad == 2 else "")
+    )
+    out = [
+        f"Command: `{command}`",
+        "",
+        f"- {cases:,} cases = {args.points} points x 49 anchors x 7 targets; anchor centres "
+        f"uniform in the disc of radius 3 about (10, 10), seed {args.seed}.",
+        f"- B_t = B_(t-1) - eta_t (2 - IoU) g, {cfg.iters} iterations, {_schedule(cfg)}; "
+        f"g: {grad}; w, h clamped to >= {args.min_size:g} after each step.",
+        "- *final error*: sum over all cases of |B_T - G|_1; *converged*: share of cases with "
+        "IoU > 0.5 at the end; *clamped*: cases whose w or h hit the clamp at least once.",
+        f"- Wall time {wall:.1f} s, {args.threads} thread(s), shared machine.",
+        "",
+        "| loss | final error | error at iteration 40 | converged | clamped |",
+        "|---|---|---|---|---|",
+    ]
+    for loss, r in result.items():
+        at40 = r["error_curve"][min(40, len(r["error_curve"]) - 1)]
+        out.append(
+            f"| {loss} | {r['final_error']:.4g} | {at40:.4g} | {100 * r['converged']:.2f} % | "
+            f"{r['clamped']} |"
+        )
+    table = "\n".join(out) + "\n"
+    with open(os.path.join(args.out, "diou_protocol.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return {"result": result, "wall": wall, "table": table}

@@ -1,15 +1,22 @@
 """Box regression by plain gradient descent, a plate inside its vehicle, batched over many starts.
 
-The protocol is the simulation of the DIoU paper (Zheng et al., AAAI 2020) with a vehicle added:
-every case is a pair (start box, target plate) regressed on its own with
+Every case is a pair (start box, target plate) regressed on its own with
 
-    B_t = B_{t-1} - eta * (2 - IoU(B_{t-1}, G)) * dL/dB(B_{t-1}),      eta = 0.1,
+    B_t = B_{t-1} - eta_t * (2 - IoU(B_{t-1}, G)) * dL/dB(B_{t-1}),
 
 where B = (cx, cy, w, h) and L is one of the project's IoU-family losses, optionally multiplied
 by the project's ICR factor of the box's containment C in the vehicle. All cases of all variants
 sharing one base loss run at once as one [V, N, 4] tensor (this keeps the study fast).
 
-Units. The DIoU protocol works in units where the target has area 1 (the update above is not
+The update, its (2 - IoU) factor and the step schedule are those of the DIoU paper's simulation
+(Zheng et al., AAAI 2020): eta_t = 0.1, multiplied by 0.1 after 80 % and again after 90 % of the
+iterations (``step_schedule``; ``SimConfig.decay = False`` keeps eta constant). The scene is not
+that paper's: its targets are plates of aspect 2:1 to 5:1 at two places inside one vehicle, not
+unit boxes at one centre; its starts lie on a grid over the vehicle, not at random points in a
+disc; and a containment term exists only here. The DIoU paper's own setting is
+``diou_protocol.py``.
+
+Units. The targets are about 1 unit across, as in the DIoU paper (the update above is not
 scale-free: for the scale-invariant losses the gradient is 1/size, so a step moves a box by
 eta * (2 - IoU) / size). By default the plates have areas 0.5 and 2 (aspect ratios 2:1 to 5:1)
 and the vehicle is 6 x 4 units; think of 1 unit as ~16 px on a 640 px image (a 96 x 64 px vehicle,
@@ -40,6 +47,7 @@ __all__ = [
     "Variant",
     "all_variants",
     "SimConfig",
+    "step_schedule",
     "Scene",
     "default_scene",
     "track_scene",
@@ -115,13 +123,32 @@ def all_variants(
     return out
 
 
+def step_schedule(iters: int, eta: float = 0.1, decay: bool = True) -> Tensor:
+    """Step sizes [iters] (float64) of the updates B_0 -> B_1, ..., B_{T-1} -> B_T.
+
+    With ``decay`` (the DIoU paper's schedule): eta for the first 80 % of the updates, eta / 10
+    up to 90 %, eta / 100 after; for 200 iterations the updates 0-159 take 0.1, 160-179 0.01 and
+    180-199 0.001 (0-based, i.e. the step is multiplied by 0.1 at iterations 160 and 180). The
+    cuts are floor(0.8 T) and floor(0.9 T) for other T. Without ``decay``: eta throughout.
+    """
+    if iters < 0:
+        raise ValueError(f"trajectory: iters must be >= 0, got {iters}")
+    steps = torch.full((iters,), float(eta), dtype=torch.float64)
+    if decay:
+        steps[(8 * iters) // 10 :] *= 0.1
+        steps[(9 * iters) // 10 :] *= 0.1
+    return steps
+
+
 @dataclass(frozen=True)
 class SimConfig:
-    """Settings of the descent. ``nwd_constant`` is in scene units (the NWD paper sets it near
-    the mean object size; the plates here are ~1 unit across)."""
+    """Settings of the descent. ``decay``: the DIoU paper's step schedule (``step_schedule``);
+    False keeps eta constant. ``nwd_constant`` is in scene units (the NWD paper sets it near the
+    mean object size; the plates here are ~1 unit across)."""
 
     iters: int = 200
     eta: float = 0.1
+    decay: bool = True
     lam: float = 2.5
     inner_ratio: float = 1.25
     nwd_constant: float = 1.0
@@ -291,7 +318,8 @@ def simulate(
     target = scene.targets
     target_xyxy = box_cxcywh_to_xyxy(target).expand(nv, n, 4)
     box = scene.starts.expand(nv, n, 4).clone()
-    step = cfg.eta * torch.tensor([v.step_scale for v in variants], dtype=box.dtype)[:, None, None]
+    scale = torch.tensor([v.step_scale for v in variants], dtype=torch.float64)[:, None, None]
+    etas = step_schedule(steps, cfg.eta, cfg.decay)
     mean_error = torch.empty(nv, steps + 1)
     mean_iou = torch.empty(nv, steps + 1)
     inside_share = torch.empty(nv, steps + 1)
@@ -321,6 +349,7 @@ def simulate(
             break
         (grad,) = torch.autograd.grad(loss.sum(), b)
         with torch.no_grad():
+            step = (etas[t] * scale).to(box.dtype)
             box = box - step * (2 - iou).unsqueeze(-1) * grad
             clamped |= (box[..., 2:] < cfg.min_size).any(-1)
             box[..., 2:] = box[..., 2:].clamp(min=cfg.min_size)
