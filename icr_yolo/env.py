@@ -64,6 +64,7 @@ def import_ultralytics(config_dir: Optional[str] = None):
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
     _quiet_settings()  # also when something else imported Ultralytics first
+    _no_heif_install()
     if first:
         major_minor = tuple(int(p) for p in ul.__version__.split(".")[:2] if p.isdigit())
         if major_minor != (8, 4):
@@ -73,6 +74,20 @@ def import_ultralytics(config_dir: Optional[str] = None):
                 stacklevel=2,
             )
     return ul
+
+
+def _no_heif_install() -> None:
+    """Importing Ultralytics replaces PIL.Image.open, process-wide, with a version that answers
+    an unreadable image by installing and importing pi-heif (a download, or a
+    ModuleNotFoundError offline) instead of PIL's UnidentifiedImageError, which the project's
+    image checks report by file. Marking its HEIF plugins as registered makes it call PIL's own
+    open directly."""
+    try:
+        from ultralytics.utils import patches
+    except ImportError:  # pragma: no cover - another layout of Ultralytics
+        return
+    if hasattr(patches, "_pil_plugins_registered"):
+        patches._pil_plugins_registered = True
 
 
 def _quiet_settings() -> None:

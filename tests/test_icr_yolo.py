@@ -484,3 +484,17 @@ def test_coco_to_yolo_round_trip(tmp_path):
     got = sorted((a["category_id"], [round(v, 2) for v in a["bbox"]]) for a in back["annotations"])
     assert got == [(1, [50.0, 70.0, 30.0, 10.0]), (2, [10.0, 10.0, 120.0, 80.0])]
     assert math.isclose(back["annotations"][0]["area"] + back["annotations"][1]["area"], 9900)
+
+
+def test_unreadable_image_still_raises_pil_error_after_importing_ultralytics(tmp_path):
+    """Ultralytics patches PIL.Image.open at import; an unreadable file must still give PIL's
+    UnidentifiedImageError (which the data checks name by file), not an attempt at pi-heif."""
+    import PIL.Image
+
+    from icr_yolo.env import import_ultralytics
+
+    import_ultralytics()
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(PIL.UnidentifiedImageError):
+        PIL.Image.open(bad)
