@@ -35,7 +35,8 @@ variants:
   icr: {{RTDETRCriterionv2: {{icr: {{enabled: True, lambda: 2.5}}}}}}
 seeds: [0, 1]
 split: test
-takeoff: {{metric: vehicle/AP50, threshold: 0.3, epoch: 1}}
+takeoff: {{metric: vehicle/AP50, threshold: 0.3, epoch: 1,
+          first: {{metric: plate/AP50, threshold: 0.5}}}}
 """)
     return str(path)
 
@@ -93,6 +94,8 @@ def test_study_runs_resumes_and_summarises(tmp_path, capsys):
     take = result["takeoff"]
     assert take["rates"]["icr"]["n"] == 2 and take["rates"]["icr"]["seeds_off"] == [0, 1]
     assert take["paired"]["icr"]["n"] == 2 and "Take-off: validation vehicle/AP50" in md
+    assert take["first_epoch"]["icr"] == {"0": None, "1": None}  # json keys
+    assert "| icr | n/a | 0, 1 | 0: never, 1: never |" in md
     assert len(open(out / "study.csv").read().splitlines()) == 5  # header + 4 runs
 
     # a second start finds everything done; summarize rebuilds the report from the run dirs
@@ -146,6 +149,11 @@ def test_takeoff_rate_and_paired_counts_by_hand():
     r = _rate([True] * 9 + [False])
     assert (r["k"], r["n"]) == (9, 10)
     assert r["ci95"] == pytest.approx([0.5550, 0.9975], abs=1e-4)  # Clopper-Pearson
+    from rtdetrv2_icr.experiments.study_report import _first_epoch
+
+    climb = [{"epoch": e, "plate/AP50": v} for e, v in enumerate([0.0, 0.3, 0.55, 0.5, 0.7])]
+    assert _first_epoch(climb, "plate/AP50", 0.5) == 2  # the first crossing, not the last
+    assert _first_epoch(climb, "plate/AP50", 0.8) is None
     m = _mcnemar([(True, False)] * 4 + [(True, True)] * 6)
     assert (m["only_variant"], m["only_reference"]) == (4, 0) and m["p"] == pytest.approx(0.125)
 

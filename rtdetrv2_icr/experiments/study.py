@@ -14,7 +14,8 @@ A study file (``configs/studies/*.yml``):
     seeds: [0, 1, 2]
     split: test                                        # the split reported
     sweep: RTDETRCriterionv2.icr.lambda                # optional: a parameter the variants vary
-    takeoff: {metric: vehicle/AP50, threshold: 0.3, epoch: 3}   # optional, see below
+    takeoff: {metric: vehicle/AP50, threshold: 0.3, epoch: 3,   # optional, see below
+              first: {metric: plate/AP50, threshold: 0.5}}
 
 A variant's ``base`` replaces the study's base config, and its ``compare_to`` names the variant
 its paired differences are taken against (default: the baseline). Run (variant, seed) lives in
@@ -25,7 +26,9 @@ interrupted run from its last.pth; the report is study_report.py's.
 ``takeoff`` asks, for a from-scratch schedule, whether each run left the floor: a run *takes off*
 when its validation ``metric`` (a COCO number or ``<class>/<metric>``, from log.txt) is at least
 ``threshold`` after epoch ``epoch`` (0-based). The report gives each variant's take-off rate with
-its exact 95 % interval, and the paired runs where only one of two variants took off.
+its exact 95 % interval, and the paired runs where only one of two variants took off. With
+``first``, each run's *take-off epoch* is reported too: the first epoch whose validation
+``first.metric`` reaches ``first.threshold`` (never, if none does).
 """
 
 from __future__ import annotations
@@ -104,17 +107,36 @@ _KEYS = ("name", "base", "overrides", "baseline", "variants", "seeds", "split", 
 _TAKEOFF_KEYS = ("metric", "threshold", "epoch")
 
 
+def _threshold(path: str, where: str, threshold: Any) -> float:
+    if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ConfigError(f"{path}: {where} must lie in (0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def _takeoff(path: str, raw: Any) -> Optional[Dict[str, Any]]:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) != set(_TAKEOFF_KEYS):
-        raise ConfigError(f"{path}: takeoff needs exactly {_TAKEOFF_KEYS}, got {raw!r}")
-    epoch, threshold = raw["epoch"], raw["threshold"]
+    if not isinstance(raw, dict) or set(raw) - {"first"} != set(_TAKEOFF_KEYS):
+        raise ConfigError(
+            f"{path}: takeoff needs exactly {_TAKEOFF_KEYS} (and optionally first), got {raw!r}"
+        )
+    epoch = raw["epoch"]
     if not isinstance(epoch, int) or epoch < 0:
         raise ConfigError(f"{path}: takeoff.epoch must be an epoch index >= 0, got {epoch!r}")
-    if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise ConfigError(f"{path}: takeoff.threshold must lie in (0, 1], got {threshold!r}")
-    return {"metric": str(raw["metric"]), "threshold": float(threshold), "epoch": epoch}
+    rule = {
+        "metric": str(raw["metric"]),
+        "threshold": _threshold(path, "takeoff.threshold", raw["threshold"]),
+        "epoch": epoch,
+    }
+    first = raw.get("first")
+    if first is not None:
+        if not isinstance(first, dict) or set(first) != {"metric", "threshold"}:
+            raise ConfigError(f"{path}: takeoff.first needs metric and threshold, got {first!r}")
+        rule["first"] = {
+            "metric": str(first["metric"]),
+            "threshold": _threshold(path, "takeoff.first.threshold", first["threshold"]),
+        }
+    return rule
 
 
 def load_study(path: str) -> StudySpec:

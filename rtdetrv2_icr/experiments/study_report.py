@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import os
+import statistics
 from typing import Any, Dict, List, Optional
 
 from rtdetrv2_icr.core.metric_names import SUB_AP_NAMES, SUB_AP_PREFIX, sub_ap_metric
@@ -145,6 +146,14 @@ def _took_off(curve: List[Dict[str, Any]], rule: Dict[str, Any]) -> Optional[boo
     return None
 
 
+def _first_epoch(curve: List[Dict[str, Any]], metric: str, threshold: float) -> Optional[int]:
+    """The first validated epoch whose ``metric`` is at least ``threshold``; None if none."""
+    for point in sorted(curve, key=lambda p: p["epoch"]):
+        if point.get(metric) is not None and point[metric] >= threshold:
+            return int(point["epoch"])
+    return None
+
+
 def _rate(flags: List[bool]) -> Dict[str, Any]:
     """k of n with the exact (Clopper-Pearson) 95 % interval."""
     from scipy.stats import binomtest
@@ -186,7 +195,17 @@ def takeoff_report(spec: StudySpec, runs: Dict[str, Dict[int, Dict[str, Any]]]) 
         common = sorted(s for s in set(flags[v]) & set(ref) if None not in (flags[v][s], ref[s]))
         paired[v] = _mcnemar([(flags[v][s], ref[s]) for s in common])
         paired[v]["reference"] = spec.reference_of(v)
-    return {"rule": rule, "rates": rates, "paired": paired}
+    out = {"rule": rule, "rates": rates, "paired": paired}
+    first = rule.get("first")
+    if first:
+        out["first_epoch"] = {
+            v: {
+                s: _first_epoch(r["curve"], first["metric"], first["threshold"])
+                for s, r in sorted(by_seed.items())
+            }
+            for v, by_seed in runs.items()
+        }
+    return out
 
 
 def summarize(spec: StudySpec, root: str, plots: bool = True) -> Dict[str, Any]:
@@ -338,6 +357,26 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 f"in {pr['only_variant']}, only {pr['reference']} in {pr['only_reference']} "
                 f"(exact McNemar p = {pr['p']:.3g})."
             )
+        if take.get("first_epoch"):
+            first = rule["first"]
+            lines += [
+                "",
+                f"Take-off epoch: the first epoch (0-based) with validation {first['metric']} "
+                f"≥ {first['threshold']}",
+                "",
+                "| variant | median (range) | never | per seed |",
+                "|---|---|---|---|",
+            ]
+            for v, by_seed in take["first_epoch"].items():
+                reached = sorted(e for e in by_seed.values() if e is not None)
+                never = [str(s) for s, e in by_seed.items() if e is None]
+                mid = (
+                    f"{float(statistics.median(reached)):g} ({reached[0]}–{reached[-1]})"
+                    if reached
+                    else "n/a"
+                )
+                seeds = ", ".join(f"{s}: {'never' if e is None else e}" for s, e in by_seed.items())
+                lines.append(f"| {v} | {mid} | {', '.join(never) or 'none'} | {seeds} |")
     return "\n".join(lines) + "\n"
 
 
