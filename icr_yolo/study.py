@@ -46,7 +46,7 @@ import yaml
 from icr_yolo.config import ICRYoloConfig, parse_relations
 from icr_yolo.env import INSTALL_HINT
 from rtdetrv2_icr.core.settings import did_you_mean
-from rtdetrv2_icr.experiments.study import StudySpec, run_dir, run_finished
+from rtdetrv2_icr.experiments.study import StudySpec, run_dir, run_finished, study_roles
 
 __all__ = ["YoloStudy", "load_yolo_study", "run_command", "run_yolo_study", "main"]
 
@@ -155,15 +155,7 @@ def load_yolo_study(path: str) -> YoloStudy:
         if "compare_to" in v:
             compare_to[str(name)] = str(v.pop("compare_to"))
         variants[str(name)] = v
-    for n, ref in compare_to.items():
-        if ref not in variants or ref == n:
-            raise ValueError(f"{path}: variant {n!r} compares to {ref!r}, not another variant")
-    baseline = str(raw.get("baseline") or next(iter(variants)))
-    if baseline not in variants:
-        raise ValueError(f"{path}: baseline {baseline!r} is not a variant ({list(variants)})")
-    split = raw.get("split", "val")
-    if split not in ("val", "test"):
-        raise ValueError(f"{path}: split must be val or test, got {split!r}")
+    baseline, split = study_roles(path, raw, variants, compare_to, default_split="val")
     study = YoloStudy(
         name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
         path=os.path.abspath(path),

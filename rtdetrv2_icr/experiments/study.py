@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -139,6 +139,24 @@ def _takeoff(path: str, raw: Any) -> Optional[Dict[str, Any]]:
     return rule
 
 
+def study_roles(
+    path: str, raw: Dict[str, Any], variants, compare_to: Dict[str, str], default_split: str
+) -> Tuple[str, str]:
+    """(baseline, split) of a study file's ``raw`` dict, after checking that every
+    ``compare_to`` names another variant, the baseline is a variant and the split is val or
+    test. Shared by this runner and icr_yolo's."""
+    for n, ref in compare_to.items():
+        if ref not in variants or ref == n:
+            raise ConfigError(f"{path}: variant {n!r} compares to {ref!r}, not another variant")
+    baseline = str(raw.get("baseline") or next(iter(variants)))
+    if baseline not in variants:
+        raise ConfigError(f"{path}: baseline {baseline!r} is not a variant ({list(variants)})")
+    split = raw.get("split", default_split)
+    if split not in ("val", "test"):
+        raise ConfigError(f"{path}: split must be val or test, got {split!r}")
+    return baseline, split
+
+
 def load_study(path: str) -> StudySpec:
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
@@ -165,15 +183,7 @@ def load_study(path: str) -> StudySpec:
         if "compare_to" in v:
             compare_to[str(n)] = str(v.pop("compare_to"))
         variants[str(n)] = flatten(v)
-    for n, ref in compare_to.items():
-        if ref not in variants or ref == n:
-            raise ConfigError(f"{path}: variant {n!r} compares to {ref!r}, not another variant")
-    baseline = str(raw.get("baseline") or next(iter(variants)))
-    if baseline not in variants:
-        raise ConfigError(f"{path}: baseline {baseline!r} is not a variant ({list(variants)})")
-    split = raw.get("split", "test")
-    if split not in ("val", "test"):
-        raise ConfigError(f"{path}: split must be val or test, got {split!r}")
+    baseline, split = study_roles(path, raw, variants, compare_to, default_split="test")
     return StudySpec(
         name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
         base=base,
