@@ -9,17 +9,22 @@ DEV    := pytest pytest-xdist hypothesis ruff==0.17.6
 EXTRAS := ultralytics==8.4.190 sahi==0.12.8
 XSTAMP := $(VENV)/.installed-extras
 WORKERS ?= 2
+# pip installs without byte-compiling (torch alone has ~20k modules, most never imported) and
+# Python writes the bytecode of what is imported on first use, even where the environment sets
+# PYTHONDONTWRITEBYTECODE: every test and tool starts a fresh interpreter that imports torch
+export PYTHONDONTWRITEBYTECODE :=
+PIP    := $(PY) -m pip install -q --no-compile
 
 .PHONY: install test lint format demo gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt $(DEV)
-	$(PY) -m pip install -q --no-deps -e .
+	$(PIP) -r requirements.txt $(DEV)
+	$(PIP) --no-deps -e .
 	touch $(STAMP)
 
 $(XSTAMP): $(STAMP)
-	$(PY) -m pip install -q $(EXTRAS)
+	$(PIP) $(EXTRAS)
 	touch $(XSTAMP)
 
 install: $(STAMP)

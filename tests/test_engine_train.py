@@ -39,7 +39,7 @@ def make_data(root, n_train=4, n_val=5, n_test=3, empty_train=()):
 
 def write_config(tmp, data, out, extra=""):
     """A training config: the tiny model with ICR on, the synthetic dataset at 64 px, runtime and
-    upstream optimiser settings with a short schedule."""
+    upstream optimiser settings with a short schedule; no figures (test_results.py draws them)."""
     inc = [
         f"{REPO}/configs/demo/rtdetrv2_tiny.yml",
         f"{REPO}/configs/dataset/synthetic.yml",
@@ -60,6 +60,7 @@ lr_scheduler: {{type: MultiStepLR, milestones: [1], gamma: 0.5}}
 lr_warmup_scheduler: {{type: LinearWarmup, warmup_duration: 3}}
 icr_log_freq: 1
 vis_images: 2
+plots: False
 RTDETRCriterionv2:
   icr: {{enabled: True, lambda: 2.5, mode: scale}}
 """

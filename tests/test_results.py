@@ -215,7 +215,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("results")
     data = make_data(tmp / "d")
     out = tmp / "out"
-    cfg = write_config(tmp, data, str(out), extra="eval_freq: 2\ncheckpoint_freq: 1\n")
+    cfg = write_config(tmp, data, str(out), extra="eval_freq: 2\ncheckpoint_freq: 1\nplots: True\n")
     run(cfg)
     return types.SimpleNamespace(tmp=tmp, data=data, out=out, cfg=cfg)
 
@@ -261,9 +261,14 @@ def test_resume_does_not_duplicate_rows(trained, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(trained.out, out)
     before = load_results(out / "results.csv")
-    # resumed from the checkpoint of epoch 0 while results.csv already holds epoch 1
+    figures = [out / "loss_curves.png", out / "eval_val_last" / "pr_curves.png"]
+    for f in figures:
+        f.unlink()
+    # resumed from the checkpoint of epoch 0 while results.csv already holds epoch 1; plots off
     cfg = write_config(tmp_path, trained.data, str(out), extra="eval_freq: 2\n")
     run(cfg, resume=str(out / "checkpoint0000.pth"))
+    assert not any(f.exists() for f in figures)  # the numbers below are written all the same
+    assert (out / "eval_val_last" / "metrics.json").is_file()
     rows = load_results(out / "results.csv")
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[0] == before[0]

@@ -116,9 +116,11 @@ def evaluate(
     vis_images: int = 0,
     vis_score: float = 0.5,
     refine: Optional[Refine] = None,
+    plots: bool = True,
 ) -> Dict[str, Any]:
     """Run ``loader`` through ``module`` (eval mode) into ``evaluator``; on rank 0 log the
-    report, write its files into ``out_dir`` (evaluate/result_files.py) and show it in
+    report, write its files into ``out_dir`` (evaluate/result_files.py; the figures only with
+    ``plots``) and show it in
     TensorBoard with up to ``vis_images`` images; returns the report (on every rank)."""
     module.eval()
     evaluator.reset()
@@ -130,7 +132,7 @@ def evaluate(
     if dist.is_main_process():
         get_logger().info(report_to_markdown(report))
         if out_dir:
-            write_eval_results(report, evaluator, out_dir, cfg)
+            write_eval_results(report, evaluator, out_dir, cfg, plots=plots)
         log_eval(writer, report, evaluator, vis, step, split, vis_score)
     return report
 
@@ -184,6 +186,7 @@ def evaluate_checkpoint(
             vis_images=rt.vis_images,
             vis_score=rt.vis_score_thr,
             refine=refine,
+            plots=rt.plots,
         )
     finally:
         if writer is not None:

@@ -88,9 +88,11 @@ def eval_extras(evaluator, iou_thr: float = 0.5) -> Dict[str, Any]:
     }
 
 
-def write_eval_results(report: Dict[str, Any], evaluator, out_dir: str, cfg=None) -> List[str]:
-    """Every file of an evaluation into ``out_dir`` (rank 0; see the module docstring);
-    returns their paths."""
+def write_eval_results(
+    report: Dict[str, Any], evaluator, out_dir: str, cfg=None, plots: bool = True
+) -> List[str]:
+    """Every file of an evaluation into ``out_dir`` (rank 0; see the module docstring), the
+    figures only with ``plots``; returns their paths."""
     if not dist.is_main_process():
         return []
     os.makedirs(out_dir, exist_ok=True)
@@ -99,7 +101,7 @@ def write_eval_results(report: Dict[str, Any], evaluator, out_dir: str, cfg=None
     write_predictions(paths[0], evaluator.iter_coco_results())
     if cfg is not None:
         paths.append(write_config_yml(os.path.join(out_dir, "config.yml"), cfg))
-    if extras:
+    if extras and plots:
         paths += draw_plots("eval", report, evaluator, extras, out_dir)
     # last: metrics.json marks a finished evaluation (tools/study.py skips such runs)
     return list(write_report({**report, **extras}, out_dir)) + paths

@@ -27,6 +27,9 @@ They are top-level config keys (``configs/runtime.yml`` holds the component sect
     icr_log_freq            TensorBoard ICR statistics every N iterations
     vis_images, vis_score_thr   val images drawn (GT beside predictions) at each evaluation
     eval_tensorboard        tools/eval.py: also write TensorBoard summaries
+    plots                   draw the PNG figures (loss/AP curves, PR curves, confusion matrix,
+                            recall by size); off for sweeps: the numbers behind them (log.txt,
+                            results.csv, metrics.json) are written either way
     seed, device            random seed (each rank adds its rank); cpu | cuda | cuda:N
     deterministic           deterministic algorithms and seeded loaders: repeatable runs
     compile                 torch.compile the model for training (evaluation runs eager)
@@ -70,6 +73,7 @@ class RuntimeSettings:
     vis_images: int = 4
     vis_score_thr: float = 0.5
     eval_tensorboard: bool = False
+    plots: bool = True
     seed: Optional[int] = 0
     deterministic: bool = False
     compile: bool = False

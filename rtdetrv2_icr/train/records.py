@@ -215,19 +215,21 @@ def record_epoch(
         get_logger().warning(f"epoch {epoch} not written to {RESULTS_CSV}: {e}")
 
 
-def finish_training(output_dir: str, evaluator, report: Optional[Dict[str, Any]], cfg) -> None:
-    """At the end of training (rank 0): loss and AP curves from results.csv, and the files of
-    the last validation (``report``, None when this run evaluated nothing) into
-    ``eval_<split>_last/``."""
+def finish_training(
+    output_dir: str, evaluator, report: Optional[Dict[str, Any]], cfg, plots: bool = True
+) -> None:
+    """At the end of training (rank 0): loss and AP curves from results.csv (with ``plots``),
+    and the files of the last validation (``report``, None when this run evaluated nothing)
+    into ``eval_<split>_last/``."""
     if not dist.is_main_process():
         return
     paths: List[str] = []
     csv_path = os.path.join(output_dir, RESULTS_CSV)
-    if os.path.isfile(csv_path):
+    if plots and os.path.isfile(csv_path):
         paths += draw_plots("train", load_results(csv_path), output_dir)
     if report is not None and evaluator is not None and evaluator.coco_eval is not None:
         out = os.path.join(output_dir, f"eval_{report.get('split', 'val')}_last")
-        paths += write_eval_results(report, evaluator, out, cfg)
+        paths += write_eval_results(report, evaluator, out, cfg, plots=plots)
     if paths:
         get_logger().info(
             "result files: " + ", ".join(os.path.relpath(p, output_dir) for p in paths)

@@ -259,7 +259,9 @@ class Trainer:
                 records.record_epoch(
                     self.output_dir, epoch, self.global_step, train_stats, lrs, report
                 )
-            records.finish_training(self.output_dir, self.evaluator, report, self.cfg)
+            records.finish_training(
+                self.output_dir, self.evaluator, report, self.cfg, plots=self.rt.plots
+            )
         except KeyboardInterrupt:
             last = os.path.join(self.output_dir, "last.pth")
             self.log.warning(f"interrupted; the last complete checkpoint is {last}")
@@ -292,6 +294,7 @@ class Trainer:
             cfg=self.cfg,
             vis_images=self.rt.vis_images,
             vis_score=self.rt.vis_score_thr,
+            plots=self.rt.plots,
         )
 
     def evaluate_final(self, split: str) -> Dict[str, Any]:
