@@ -1,7 +1,7 @@
 """Using a model: ONNX export checked against PyTorch, prediction on a folder and a video
-(PyTorch and onnxruntime; tools/infer.py), child -> parent links, and the dataset statistics'
-drawing and sizes at the network input (tools/dataset_stats.py). Tiny config at 64 px, random
-weights, CPU."""
+(PyTorch and onnxruntime; tools/infer.py), child -> parent links, the evaluation of an export
+(tools/eval.py --onnx) against its checkpoint's, and the dataset statistics' drawing and sizes
+at the network input (tools/dataset_stats.py). Tiny config at 64 px, random weights, CPU."""
 
 import contextlib
 import io
@@ -461,3 +461,286 @@ def test_eval_counts_the_refined_detections(setup, monkeypatch):
 
     _, preds = run("none", drop_all)
     assert json.load(open(preds)) == []
+
+
+# ---- eval --onnx -------------------------------------------------------------------------------
+EVAL_OVERRIDES = {"device": "cpu", "vis_images": 0}
+
+
+def evaluate_run(setup, name, onnx=False, zoom=None, overrides=None):
+    """(metrics.json, predictions.json, file names) of an evaluation of the val split: the
+    checkpoint (tools/eval.py -r) or its ONNX export (--onnx), with ``zoom`` (--child-zoom)
+    and config ``overrides``."""
+    from rtdetrv2_icr.evaluate.launch import evaluate_detector_from_config, evaluate_from_config
+    from rtdetrv2_icr.predict.onnx_eval import onnx_detector
+    from rtdetrv2_icr.predict.zoom import zoom_refiner
+
+    out = str(setup["root"] / f"onnx_eval_{name}")
+    over = dict(EVAL_OVERRIDES, **(overrides or {}))
+    refine = zoom_refiner(zoom) if zoom else None
+    with contextlib.redirect_stdout(io.StringIO()):
+        if onnx:
+            detector = onnx_detector(setup["onnx"])
+            evaluate_detector_from_config(
+                setup["cfg"], detector, over, "val", out, refine_factory=refine
+            )
+        else:
+            evaluate_from_config(
+                setup["cfg"], setup["ckpt"], over, "val", out, refine_factory=refine
+            )
+    return read_eval(out)
+
+
+def read_eval(out):
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    preds = json.load(open(os.path.join(out, "predictions.json")))
+    return metrics, preds, sorted(os.listdir(out))
+
+
+def assert_same_evaluation(ref, got, tol=1e-4):
+    """The same report numbers (COCO, per class, sub-AP, consistency) to ``tol`` and the same
+    detections (count, classes; boxes and scores to ``tol``)."""
+    (m_ref, p_ref, files_ref), (m_got, p_got, files_got) = ref, got
+    assert files_got == files_ref
+    assert m_got["num_images"] == m_ref["num_images"]
+    assert m_got["num_detections"] == m_ref["num_detections"] == len(p_ref) == len(p_got)
+    assert m_got["coco"] == pytest.approx(m_ref["coco"], abs=tol)
+    assert m_got["per_class"].keys() == m_ref["per_class"].keys()
+    for name, numbers in m_ref["per_class"].items():
+        assert m_got["per_class"][name] == pytest.approx(numbers, abs=tol), name
+    for key in ("sub_ap", "relational_consistency"):
+        assert (key in m_got) == (key in m_ref)
+        assert _close(m_got.get(key), m_ref.get(key), tol), key
+    # each detection has a partner of the same image and class, score and box within tol
+    # (equal scores may come out of top-k in either order)
+    left = list(p_got)
+    for a in p_ref:
+        match = [
+            i
+            for i, b in enumerate(left)
+            if (b["image_id"], b["category_id"]) == (a["image_id"], a["category_id"])
+            and abs(b["score"] - a["score"]) <= tol
+            and max(abs(u - v) for u, v in zip(a["bbox"], b["bbox"])) <= tol
+        ]
+        assert match, f"no partner for {a}"
+        left.pop(match[0])
+
+
+def _close(a, b, tol):
+    """Nested dicts / lists of numbers equal to ``tol`` (other values exactly)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= tol
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def scored(setup):
+    """Overrides that evaluate the val images against a ground truth made of the checkpoint's
+    own detections, so that the random-weight model has an AP that is neither 0 nor 1: per
+    image its two best vehicle detections that lie inside the image and whose scores are 5e-7
+    apart from every other detection's (ten times the difference between onnxruntime and
+    PyTorch, so that the two cannot rank them differently), and one vehicle that it does not
+    detect."""
+    _, preds, _ = evaluate_run(setup, "for_gt")
+    val = json.load(open(os.path.join(setup["data"], "annotations", "val.json")))
+    vehicle = next(c["id"] for c in val["categories"] if c["name"] == "vehicle")
+    size = {im["id"]: (im["width"], im["height"]) for im in val["images"]}
+
+    def usable(p):
+        (x, y, w, h), (width, height) = p["bbox"], size[p["image_id"]]
+        inside = x >= 0 and y >= 0 and x + w <= width and y + h <= height
+        apart = all(q is p or abs(q["score"] - p["score"]) > 5e-7 for q in preds)
+        return p["category_id"] == vehicle and inside and apart
+
+    anns = []
+    for image_id in size:
+        mine = [p for p in preds if p["image_id"] == image_id and usable(p)]
+        best = sorted(mine, key=lambda p: -p["score"])[:2]
+        assert len(best) == 2, "too few distinct detections to build the ground truth"
+        for bbox in [p["bbox"] for p in best] + [[1.0, 1.0, 4.0, 4.0]]:
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": vehicle,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
+    path = str(setup["root"] / "val_scored.json")
+    with open(path, "w") as f:
+        json.dump(dict(val, annotations=anns), f)
+    return {"val_dataloader": {"dataset": {"ann_file": path}}}
+
+
+def test_eval_onnx_matches_checkpoint(setup, scored):
+    """tools/eval.py --onnx: the export evaluated through the same loader, evaluator and files
+    gives the report of the checkpoint (onnxruntime against PyTorch floats)."""
+    from rtdetrv2_icr.predict.deploy import OnnxRunner
+
+    assert OnnxRunner(setup["onnx"]).relations == "off"  # recorded in the export's metadata
+    ref = evaluate_run(setup, "pt", overrides=scored)
+    with no_relations_note():  # a graph of the config's own mode: nothing to warn about
+        got = evaluate_run(setup, "onnx", onnx=True, overrides=scored)
+    assert ref[0]["num_detections"] == 3 * 30  # relations off: every top-k detection counts
+    assert 0.1 < ref[0]["per_class"]["vehicle"]["AP50"] < 1 and 0 < ref[0]["coco"]["AP50:95"]
+    assert "sub_ap" in ref[0] and "plate->vehicle" in ref[0]["sub_ap"]
+    assert_same_evaluation(ref, got)
+    cfg_yml = open(setup["root"] / "onnx_eval_onnx" / "config.yml").read()
+    assert "resume: null" in cfg_yml or "resume:" not in cfg_yml  # no checkpoint claimed
+
+
+def test_eval_onnx_child_zoom_matches_checkpoint(setup, scored, monkeypatch):
+    """--onnx --child-zoom: the crops go through the ONNX graph too (every vehicle is a parent
+    at parent score 0: the two best of each of the 3 images), and the report is the one of the
+    checkpoint's zoom."""
+    from rtdetrv2_icr.predict.deploy import OnnxRunner
+    from rtdetrv2_icr.predict.zoom import ZoomSettings
+
+    zoom = ZoomSettings(scale=2.0, min_parent=0, parent_score=0.0, max_parents=2)
+    ref = evaluate_run(setup, "pt_zoom", zoom=zoom, overrides=scored)
+    batches = []
+    call = OnnxRunner.__call__
+
+    def spy(self, images, sizes):
+        batches.append(tuple(images.shape))
+        return call(self, images, sizes)
+
+    monkeypatch.setattr(OnnxRunner, "__call__", spy)
+    got = evaluate_run(setup, "onnx_zoom", onnx=True, zoom=zoom, overrides=scored)
+    crops = [b for b in batches if b[0] == 2]  # per image one batch of its 2 crops
+    assert len(crops) == 3 and len(batches) > len(crops)
+    assert all(b[1:] == (3, SIZE, SIZE) for b in batches)
+    assert_same_evaluation(ref, got)
+
+
+@pytest.mark.parametrize("mode", ["rescore", "drop"])
+def test_onnx_postprocessor_leaves_out_what_pytorch_leaves_out(setup, mode):
+    """The evaluation's ONNX post-processor gives the per-image detections of the PyTorch
+    post-processor (list mode): under drop the zero-score rows of removed children are left
+    out as PyTorch leaves them out, under rescore a child without a parent stays at score 0.
+    The mode is read from the export's metadata; a config that says otherwise, or an export
+    without the metadata (the config's mode is assumed), gets a warning."""
+    import onnx
+
+    from rtdetrv2_icr.predict.onnx_eval import onnx_detector
+
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    logits = torch.full((1, len(RELATED), 2), logit(0.001))
+    boxes = torch.zeros(1, len(RELATED), 4)
+    for q, (label, score, (x0, y0, x1, y1), _) in enumerate(RELATED):
+        logits[0, q, label] = logit(score)
+        boxes[0, q] = torch.tensor(
+            [(x0 + x1) / 200, (y0 + y1) / 200, (x1 - x0) / 100, (y1 - y0) / 100]
+        )
+    over = parse_cli(
+        [
+            f"RTDETRPostProcessor.relations={mode}",
+            f"RTDETRPostProcessor.num_top_queries={len(RELATED)}",
+        ]
+    )
+    detector = FixedDetector(logits, boxes)
+    module = DeployModel(detector, inference_config(setup["cfg"], over).postprocessor).eval()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    sizes = torch.tensor([[100, 100], [200, 100]])
+    path = str(setup["root"] / f"eval_relations_{mode}.onnx")
+    export(module, images, sizes, path, 18, False)
+
+    cfg = inference_config(setup["cfg"], over)
+    with torch.no_grad():
+        expected = cfg.postprocessor(detector(images), sizes)  # PyTorch, list mode
+    with no_relations_note():
+        model, post = onnx_detector(path)(cfg, "val", torch.device("cpu"))
+    got = post(model(images), sizes)
+    removed = sum(r[3][mode] == 0 for r in RELATED) if mode == "drop" else 0
+    assert [len(r["labels"]) for r in got] == [len(RELATED) - removed] * 2
+    for g, e in zip(got, expected):
+        assert g["labels"].tolist() == e["labels"].tolist()
+        assert g["scores"].tolist() == pytest.approx(e["scores"].tolist(), abs=1e-6)
+        assert float((g["boxes"] - e["boxes"]).abs().max()) <= 1e-4
+    assert (min(float(r["scores"].min()) for r in got) == 0) == (mode == "rescore")
+
+    # a config of another mode: the graph's mode applies, with a warning
+    plain = inference_config(setup["cfg"])  # relations off
+    with pytest.warns(UserWarning, match=f"exported with RTDETRPostProcessor.relations={mode}"):
+        _, post = onnx_detector(path)(plain, "val", torch.device("cpu"))
+    assert post.drop_removed == (mode == "drop")
+    # an export without the metadata: the config's mode is taken, with a warning
+    bare = onnx.load(path)
+    del bare.metadata_props[:]
+    bare_path = str(setup["root"] / f"eval_relations_{mode}_bare.onnx")
+    onnx.save(bare, bare_path)
+    with pytest.warns(UserWarning, match="does not record the relations mode"):
+        _, post = onnx_detector(bare_path)(cfg, "val", torch.device("cpu"))
+    assert post.drop_removed == (mode == "drop")
+    assert [len(r["labels"]) for r in post(images, sizes)] == [len(RELATED) - removed] * 2
+
+
+@contextlib.contextmanager
+def no_relations_note():
+    """Fails when the ONNX evaluation warns about the relations mode."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    notes = [str(w.message) for w in caught if "relations" in str(w.message)]
+    assert not notes, notes
+
+
+def test_eval_onnx_refuses_another_input_size_and_several_processes(setup, monkeypatch):
+    from rtdetrv2_icr.evaluate.launch import evaluate_detector_from_config
+    from rtdetrv2_icr.predict.onnx_eval import onnx_detector
+
+    ops = {
+        "type": "Compose",
+        "ops": [
+            {"type": "Resize", "size": [96, 96]},
+            {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
+        ],
+    }
+    over = dict(EVAL_OVERRIDES, eval_spatial_size=[96, 96])
+    over["val_dataloader"] = {"dataset": {"transforms": ops}}
+    with pytest.raises(ValueError, match=r"takes 64x64 images .* val transforms .* make 96x96"):
+        evaluate_detector_from_config(setup["cfg"], onnx_detector(setup["onnx"]), over, "val")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="one process, but torchrun started 2"):
+        evaluate_detector_from_config(
+            setup["cfg"], onnx_detector(setup["onnx"]), EVAL_OVERRIDES, "val"
+        )
+
+
+def test_eval_tool_onnx_and_its_arguments(setup):
+    """tools/eval.py --onnx writes the report of the library's ONNX evaluation; -r and --onnx
+    together, or neither, stop at the argument parser."""
+    import subprocess
+    import sys
+
+    tool = os.path.join(REPO, "tools", "eval.py")
+    out = str(setup["root"] / "onnx_eval_tool")
+    base = [sys.executable, tool, "-c", setup["cfg"], "--split", "val", "-d", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        base + ["--onnx", setup["onnx"], "--out", out, "-u", "vis_images=0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"written to {out}" in run.stdout
+    lib = evaluate_run(setup, "onnx_for_tool", onnx=True)
+    assert_same_evaluation(lib, read_eval(out), tol=0)
+    both = subprocess.run(
+        base + ["-r", setup["ckpt"], "--onnx", setup["onnx"]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr, both.stderr

@@ -5,7 +5,9 @@ the report logged, written and shown in TensorBoard.
     report = evaluate_checkpoint(cfg, "output/x/best.pth", split="test", out_dir="...")
 
 `evaluate` serves the trainer's validation after each epoch and `evaluate_checkpoint`, which
-tools/eval.py and ``train.py --test-only`` call. The report is docs/evaluation.md's.
+tools/eval.py and ``train.py --test-only`` call; `evaluate_detector`, the part after the model
+is built, also evaluates an ONNX export (tools/eval.py --onnx). The report is
+docs/evaluation.md's.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from rtdetrv2_icr.runtime.config_check import check_checkpoint, check_config
 from rtdetrv2_icr.runtime.loaders import build_dataloader, targets_to
 from rtdetrv2_icr.runtime.log import get_logger
 from rtdetrv2_icr.runtime.precision import autocast, eval_amp_dtype, float_outputs
+from rtdetrv2_icr.runtime.settings import RuntimeSettings
 
-__all__ = ["EvalProgress", "run_inference", "evaluate", "evaluate_checkpoint"]
+__all__ = ["EvalProgress", "run_inference", "evaluate", "evaluate_checkpoint", "evaluate_detector"]
 
 # (image ids, their post-processed detections) -> detections to count instead
 Refine = Callable[[List[int], List[Dict[str, torch.Tensor]]], List[Dict[str, torch.Tensor]]]
@@ -149,8 +152,8 @@ def evaluate_checkpoint(
     """Evaluate the weights of checkpoint ``path`` (its EMA weights when it has them and
     ``prefer_ema``) with ``cfg``'s model on ``split``; files into ``out_dir``. The checkpoint
     supplies the weights, so no pretrained backbone is downloaded. Under torchrun every rank
-    evaluates its share of the images and the report gathers them. ``refine_factory(cfg,
-    dataset, model, postprocessor, device)`` builds the ``refine`` of `run_inference`."""
+    evaluates its share of the images and the report gathers them. ``refine_factory``: see
+    `evaluate_detector`."""
     check_checkpoint(path)  # first: a missing file is named as such
     rt = check_config(cfg, splits=(split,))
     cfg.disable_pretrained()
@@ -159,7 +162,39 @@ def evaluate_checkpoint(
     ckpt = checkpoint.load_checkpoint(path)
     state = checkpoint.extract_model_state(ckpt, prefer_ema=prefer_ema)
     checkpoint.load_model_state(model, state, path)
-    postprocessor = cfg.postprocessor.to(device)
+    last = ckpt.get("last_epoch")
+    return evaluate_detector(
+        cfg,
+        model,
+        cfg.postprocessor.to(device),
+        split,
+        device,
+        out_dir,
+        backend,
+        refine_factory,
+        amp_dtype=eval_amp_dtype(cfg, device),
+        step=max(last, 0) if isinstance(last, int) else 0,
+    )
+
+
+def evaluate_detector(
+    cfg,
+    model,
+    postprocessor,
+    split: str,
+    device: torch.device,
+    out_dir: Optional[str] = None,
+    backend: Optional[str] = None,
+    refine_factory: Optional[Callable[..., Refine]] = None,
+    amp_dtype: Optional[torch.dtype] = None,
+    step: int = 0,
+) -> Dict[str, Any]:
+    """`evaluate` a built detector, ``postprocessor(model(images), orig_sizes)`` (a checkpoint's
+    model, or an exported one: predict/onnx_eval.py), on ``cfg``'s ``split`` loader and
+    evaluator, with the runtime settings of ``cfg`` (vis_images, plots, eval_tensorboard);
+    files into ``out_dir``. ``refine_factory(cfg, dataset, model, postprocessor, device)``
+    builds the ``refine`` of `run_inference`."""
+    rt = RuntimeSettings.from_config(cfg.yaml_cfg)
     loader = build_dataloader(cfg, f"{split}_dataloader", shuffle=False)
     evaluator = build_evaluator(cfg, loader.dataset)
     refine = None
@@ -168,7 +203,6 @@ def evaluate_checkpoint(
     writer = None
     if out_dir:
         writer = TBWriter(os.path.join(out_dir, "summary"), enabled=rt.eval_tensorboard)
-    last = ckpt.get("last_epoch")
     try:
         report = evaluate(
             model,
@@ -177,9 +211,9 @@ def evaluate_checkpoint(
             evaluator,
             device,
             split=split,
-            amp_dtype=eval_amp_dtype(cfg, device),
+            amp_dtype=amp_dtype,
             writer=writer,
-            step=max(last, 0) if isinstance(last, int) else 0,
+            step=step,
             out_dir=out_dir,
             backend=backend,
             cfg=cfg,

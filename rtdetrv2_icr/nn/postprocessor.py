@@ -226,18 +226,7 @@ class RTDETRPostProcessor(nn.Module):
         if self.deploy_mode:
             return labels, pixels, scores
 
-        mapping = label_to_category if label_to_category is not None else self.label_to_category
-        if mapping is None and self.remap_mscoco_category:
-            mapping = MSCOCO_CATEGORY_IDS
-        if mapping is not None:
-            table = _lookup_table(mapping, self.num_classes).to(labels.device)
-            if labels.numel() and int(labels.max()) >= table.numel():
-                raise ValueError(
-                    f"RTDETRPostProcessor: label_to_category covers {table.numel()} "
-                    f"labels but label {int(labels.max())} was predicted"
-                )
-            labels = table[labels]
-
+        labels = self.category_labels(labels, label_to_category)
         if mode == "drop":
             return [
                 {"labels": lab[~r], "boxes": b[~r], "scores": s[~r]}
@@ -246,6 +235,26 @@ class RTDETRPostProcessor(nn.Module):
         return [
             {"labels": lab, "boxes": b, "scores": s} for lab, b, s in zip(labels, pixels, scores)
         ]
+
+    def category_labels(
+        self, labels: torch.Tensor, label_to_category: Optional[LabelMap] = None
+    ) -> torch.Tensor:
+        """Contiguous labels as the list output gives them: mapped through
+        ``label_to_category`` (this call's, else the attribute) or the COCO ids of
+        ``remap_mscoco_category``, unchanged without either (deploy outputs are never mapped;
+        an ONNX evaluation maps them with this)."""
+        mapping = label_to_category if label_to_category is not None else self.label_to_category
+        if mapping is None and self.remap_mscoco_category:
+            mapping = MSCOCO_CATEGORY_IDS
+        if mapping is None:
+            return labels
+        table = _lookup_table(mapping, self.num_classes).to(labels.device)
+        if labels.numel() and int(labels.max()) >= table.numel():
+            raise ValueError(
+                f"RTDETRPostProcessor: label_to_category covers {table.numel()} "
+                f"labels but label {int(labels.max())} was predicted"
+            )
+        return table[labels]
 
     def _unletterbox(self, xyxy: torch.Tensor, orig_wh: torch.Tensor, input_size) -> torch.Tensor:
         """Normalised xyxy boxes [B, Q, 4] of letterboxed inputs -> pixels of the original."""

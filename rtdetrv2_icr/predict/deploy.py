@@ -3,7 +3,9 @@
 * `DeployModel` is ``model.deploy()`` followed by ``postprocessor.deploy()``:
   ``(images [B, 3, H, W], orig_target_sizes [B, 2] (w, h)) -> labels [B, k], boxes [B, k, 4]
   xyxy pixels of the original image, scores [B, k]``; the ONNX export is this module.
-* `OnnxRunner` runs an exported model through onnxruntime with the same call.
+* `OnnxRunner` runs an exported model through onnxruntime with the same call; exports of
+  predict/export.py record the post-processor's ``relations`` mode in the model's metadata
+  (`RELATIONS_KEY`), which the runner reads as ``relations`` (None for older exports).
 * `compare_detections` compares two sets of top-k detections, tolerant to equal-score swaps.
 """
 
@@ -20,7 +22,17 @@ import torch.nn as nn
 from rtdetrv2_icr.core import YAMLConfig
 from rtdetrv2_icr.runtime.checkpoint import extract_model_state, load_checkpoint
 
-__all__ = ["DeployModel", "build_deploy_model", "OnnxRunner", "compare_detections"]
+__all__ = [
+    "DeployModel",
+    "build_deploy_model",
+    "OnnxRunner",
+    "compare_detections",
+    "RELATIONS_KEY",
+    "graph_metadata",
+]
+
+# metadata key of an export: the relations mode its post-processor was exported with
+RELATIONS_KEY = "icr_detr.relations"
 
 
 # ---- models --------------------------------------------------------------------------------
@@ -63,9 +75,16 @@ def build_deploy_model(
     return out.to(device) if device is not None else out
 
 
+def graph_metadata(module: nn.Module) -> Dict[str, str]:
+    """The metadata an export of ``module`` (a `DeployModel`) records: its relations mode."""
+    mode = getattr(getattr(module, "postprocessor", None), "relations", None)
+    return {RELATIONS_KEY: str(mode)} if mode else {}
+
+
 class OnnxRunner:
     """An exported `DeployModel` in onnxruntime: ``runner(images [B,3,H,W], sizes [B,2])`` ->
-    (labels, boxes, scores) as numpy arrays. ``input_hw`` is the model's fixed (H, W) or None."""
+    (labels, boxes, scores) as numpy arrays. ``input_hw`` is the model's fixed (H, W) or None;
+    ``relations`` the mode the graph was exported with, or None when it does not say."""
 
     def __init__(self, path: str, device: str = "cpu"):
         try:
@@ -92,6 +111,8 @@ class OnnxRunner:
         int32 = inputs["orig_target_sizes"].type == "tensor(int32)"
         self.sizes_dtype = np.int32 if int32 else np.int64
         self.path = path
+        meta = self.session.get_modelmeta().custom_metadata_map or {}
+        self.relations = meta.get(RELATIONS_KEY)
 
     def __call__(self, images, orig_target_sizes):
         images, sizes = (

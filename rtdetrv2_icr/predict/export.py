@@ -11,8 +11,10 @@ mode: inputs ``images`` float32 [N, 3, H, W] (H x W the config's eval size, N dy
 The exporter is torch.onnx's dynamo-based one (torch.export), at opset 18, its lowest native
 opset; it also exports UAV-DETR's torch.fft blocks. ``legacy`` uses the TorchScript exporter
 (opset 17 by default), which exports RT-DETRv2 but not UAV-DETR (no ONNX symbolic for fft_fft2).
-``check`` runs onnxruntime on a real image (the first of the config's val dataset, or ``image``)
-and its horizontal flip (a batch of 2) and compares boxes (pixels) and scores with PyTorch.
+The graph's metadata records the post-processor's ``relations`` mode (deploy.RELATIONS_KEY),
+which an ONNX evaluation reads (predict/onnx_eval.py). ``check`` runs onnxruntime on a real
+image (the first of the config's val dataset, or ``image``) and its horizontal flip (a batch of
+2) and compares boxes (pixels) and scores with PyTorch.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ import PIL.ImageOps
 import torch
 
 from rtdetrv2_icr.data.images import read_image
-from rtdetrv2_icr.predict.deploy import OnnxRunner, build_deploy_model, compare_detections
+from rtdetrv2_icr.predict.deploy import (
+    OnnxRunner,
+    build_deploy_model,
+    compare_detections,
+    graph_metadata,
+)
 from rtdetrv2_icr.predict.preprocess import eval_transforms, network_input_size, preprocess
 
-__all__ = ["resolve_opset", "check_image", "export", "export_onnx"]
+__all__ = ["resolve_opset", "check_image", "export", "export_onnx", "set_metadata"]
 
 
 def resolve_opset(opset: Optional[int], legacy: bool) -> int:
@@ -69,7 +76,18 @@ def check_image(cfg, path: Optional[str] = None):
     return read_image(path), path
 
 
+def set_metadata(model, props: Dict[str, str]) -> None:
+    """Set ``props`` in the metadata of the ONNX ``model`` (a ModelProto), replacing any entry
+    of the same key."""
+    for key, value in props.items():
+        entry = next((p for p in model.metadata_props if p.key == key), None)
+        if entry is None:
+            entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
 def export(module, images, sizes, path, opset, legacy):
+    """``module`` (a `DeployModel`) to the ONNX file ``path``, with its `graph_metadata`."""
     names = dict(
         input_names=["images", "orig_target_sizes"],
         output_names=["labels", "boxes", "scores"],
@@ -110,6 +128,13 @@ def export(module, images, sizes, path, opset, legacy):
                 )
     finally:
         quiet.setLevel(level)
+    props = graph_metadata(module)
+    if props:
+        import onnx
+
+        model = onnx.load(path)
+        set_metadata(model, props)
+        onnx.save(model, path)
 
 
 def export_onnx(
@@ -188,6 +213,7 @@ def export_onnx(
         simplified, ok = onnxsim.simplify(model)
         if not ok:
             raise RuntimeError("onnxsim could not validate the simplified model; kept the original")
+        set_metadata(simplified, {p.key: p.value for p in model.metadata_props})
         onnx.save(simplified, output)
         log(
             f"simplified with onnxsim: {len(model.graph.node)} -> "
