@@ -215,11 +215,9 @@ RELATED = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["rescore", "drop"])
-def test_export_onnx_with_relations_matches_pytorch(setup, mode):
-    """The deploy graph (network + post-processor with relations from the config) exported
-    by the project's exporter gives in onnxruntime the scores of PyTorch, which are the
-    hand-computed ones; a batch of 2 with other image sizes."""
+def related_detector(mode):
+    """A `FixedDetector` whose queries are the RELATED detections (100 x 100 px image frame),
+    and the overrides that set the post-processor's relations ``mode`` and keep every query."""
     logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
     logits = torch.full((1, len(RELATED), 2), logit(0.001))
     boxes = torch.zeros(1, len(RELATED), 4)
@@ -234,8 +232,17 @@ def test_export_onnx_with_relations_matches_pytorch(setup, mode):
             f"RTDETRPostProcessor.num_top_queries={len(RELATED)}",
         ]
     )
+    return FixedDetector(logits, boxes), over
+
+
+@pytest.mark.parametrize("mode", ["rescore", "drop"])
+def test_export_onnx_with_relations_matches_pytorch(setup, mode):
+    """The deploy graph (network + post-processor with relations from the config) exported
+    by the project's exporter gives in onnxruntime the scores of PyTorch, which are the
+    hand-computed ones; a batch of 2 with other image sizes."""
+    detector, over = related_detector(mode)
     post = inference_config(setup["cfg"], over).postprocessor
-    module = DeployModel(FixedDetector(logits, boxes), post).eval()
+    module = DeployModel(detector, post).eval()
     images = torch.rand(2, 3, SIZE, SIZE)
     sizes = torch.tensor([[100, 100], [200, 100]])
     path = str(setup["root"] / f"relations_{mode}.onnx")
@@ -630,21 +637,7 @@ def test_onnx_postprocessor_leaves_out_what_pytorch_leaves_out(setup, mode):
 
     from rtdetrv2_icr.predict.onnx_eval import onnx_detector
 
-    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
-    logits = torch.full((1, len(RELATED), 2), logit(0.001))
-    boxes = torch.zeros(1, len(RELATED), 4)
-    for q, (label, score, (x0, y0, x1, y1), _) in enumerate(RELATED):
-        logits[0, q, label] = logit(score)
-        boxes[0, q] = torch.tensor(
-            [(x0 + x1) / 200, (y0 + y1) / 200, (x1 - x0) / 100, (y1 - y0) / 100]
-        )
-    over = parse_cli(
-        [
-            f"RTDETRPostProcessor.relations={mode}",
-            f"RTDETRPostProcessor.num_top_queries={len(RELATED)}",
-        ]
-    )
-    detector = FixedDetector(logits, boxes)
+    detector, over = related_detector(mode)
     module = DeployModel(detector, inference_config(setup["cfg"], over).postprocessor).eval()
     images = torch.rand(2, 3, SIZE, SIZE)
     sizes = torch.tensor([[100, 100], [200, 100]])
