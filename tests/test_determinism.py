@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from test_engine_train import REPO, make_data, write_config
 
 
@@ -65,4 +66,7 @@ def test_same_seed_same_losses_and_metrics(tmp_path):
     record = json.loads(open(tmp_path / "a" / "run.jsonl").readline())
     assert record["seed"] == 7 and record["deterministic"] and record["num_threads"] == 1
     assert record["versions"]["torch"] and "train.py" in record["command"]
+    hw = record["hardware"]
+    assert hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and hw["cpu"]
+    assert hw["logical_cpus"] == os.cpu_count() and isinstance(hw["cuda_devices"], list)
     assert os.path.isfile(tmp_path / "a" / "config.yml")

@@ -247,6 +247,34 @@ def test_sub_ap_in_the_table_and_the_paired_differences(tmp_path):
     assert "| sub_ap/AP50 |" not in md  # not mistaken for a class
 
 
+def test_report_names_the_machine_and_the_training_time(tmp_path):
+    """Each run's machine comes from run.jsonl (runs from before the field say 'not recorded')
+    and its training time from log.txt: per epoch, mean step time x steps."""
+    from rtdetrv2_icr.experiments.study import StudySpec, metrics_path, run_dir
+
+    spec = StudySpec(
+        name="hw", base=str(tmp_path / "unused.yml"), variants={"a": {}}, baseline="a", seeds=[0, 1]
+    )
+    cpu = {"cpu": "Xeon", "cpu_capability": "AVX512", "logical_cpus": 2, "cuda_devices": []}
+    for s, step_time, hw in [(0, 0.2, cpu), (1, 0.3, None)]:
+        path = metrics_path(str(tmp_path), "a", s, spec.split)
+        os.makedirs(os.path.dirname(path))
+        json.dump({"coco": {"AP50:95": 0.4, "AP50": 0.7}, "per_class": {}}, open(path, "w"))
+        d = run_dir(str(tmp_path), "a", s)
+        with open(os.path.join(d, "run.jsonl"), "w") as f:
+            f.write(json.dumps({"seed": s, **({"hardware": hw} if hw else {})}) + "\n")
+        with open(os.path.join(d, "log.txt"), "w") as f:  # 2 epochs of 300 and 150 steps
+            f.write(json.dumps({"epoch": 0, "global_step": 300, "train_time": step_time}) + "\n")
+            f.write(json.dumps({"epoch": 1, "global_step": 450, "train_time": 2 * step_time}))
+    result = summarize(spec, str(tmp_path), plots=False)
+    by_machine = {c["hardware"]: c for c in result["compute"]}
+    xeon = by_machine["Xeon (AVX512, 2 CPUs)"]
+    assert xeon["seeds"] == [0] and xeon["minutes"] == [pytest.approx((300 * 0.2 + 150 * 0.4) / 60)]
+    assert by_machine["not recorded"]["minutes"] == [pytest.approx((300 * 0.3 + 150 * 0.6) / 60)]
+    md = open(tmp_path / "study.md").read()
+    assert "| a | Xeon (AVX512, 2 CPUs) | 0 | 2.0 (2.0–2.0) |" in md
+
+
 def test_fine_tuning_runs_resume_from_their_own_checkpoint(tmp_path):
     """A fine-tune design starts every run from one shared checkpoint (``tuning``); once a run
     has its own last.pth it resumes from that, without the shared start (-r and -t together

@@ -71,8 +71,44 @@ def _curve(log_path: str) -> List[Dict[str, Any]]:
     return out
 
 
+def _training_seconds(log_path: str) -> Optional[float]:
+    """A run's training time from its log.txt: per epoch, the mean step time times the steps
+    (evaluation and start-up not included); None when a line lacks the step time."""
+    if not os.path.isfile(log_path):
+        return None
+    total, step = 0.0, 0
+    for line in open(log_path):
+        rec = json.loads(line)
+        if rec.get("train_time") is None:
+            return None
+        total += rec["train_time"] * (rec["global_step"] - step)
+        step = rec["global_step"]
+    return total
+
+
+def _hardware(run_jsonl: str) -> str:
+    """'<cpu> (<kernels>)' or the GPUs of a run's starts (run.jsonl); several starts on
+    different machines are joined with ' + '; 'not recorded' for runs from before the field."""
+    seen: List[str] = []
+    if os.path.isfile(run_jsonl):
+        for line in open(run_jsonl):
+            hw = json.loads(line).get("hardware")
+            if not hw:
+                label = "not recorded"
+            elif hw.get("cuda_devices"):
+                label = ", ".join(hw["cuda_devices"])
+            else:
+                label = (
+                    f"{hw.get('cpu')} ({hw.get('cpu_capability')}, {hw.get('logical_cpus')} CPUs)"
+                )
+            if label not in seen:
+                seen.append(label)
+    return " + ".join(seen) or "not recorded"
+
+
 def collect(spec: StudySpec, root: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
-    """{variant: {seed: {'metrics': row, 'curve': [...]}}} of the finished runs."""
+    """{variant: {seed: {'metrics': row, 'curve': [...], 'train_s': seconds or None,
+    'hardware': label}}} of the finished runs."""
     out: Dict[str, Dict[int, Dict[str, Any]]] = {v: {} for v in spec.variants}
     for v, s in spec.runs():
         if run_finished(root, v, s, spec.split):
@@ -80,6 +116,8 @@ def collect(spec: StudySpec, root: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
             out[v][s] = {
                 "metrics": _row(report),
                 "curve": _curve(os.path.join(run_dir(root, v, s), "log.txt")),
+                "train_s": _training_seconds(os.path.join(run_dir(root, v, s), "log.txt")),
+                "hardware": _hardware(os.path.join(run_dir(root, v, s), "run.jsonl")),
             }
     return out
 
@@ -244,6 +282,7 @@ def summarize(spec: StudySpec, root: str, plots: bool = True) -> Dict[str, Any]:
         "metrics": names,
         "runs": {v: {str(s): r["metrics"] for s, r in by.items()} for v, by in runs.items()},
         "takeoff": takeoff_report(spec, runs) if spec.takeoff else None,
+        "compute": _compute(runs),
     }
     with open(os.path.join(root, "study.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -257,6 +296,21 @@ def summarize(spec: StudySpec, root: str, plots: bool = True) -> Dict[str, Any]:
         if spec.sweep:
             plot_sweep(spec, result, os.path.join(root, "study_sweep.png"))
     return result
+
+
+def _compute(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """Per (variant, machine): the runs, their seeds and training minutes (median, range)."""
+    out: Dict[tuple, Dict[str, Any]] = {}
+    for v, by_seed in runs.items():
+        for s, r in sorted(by_seed.items()):
+            row = out.setdefault(
+                (v, r["hardware"]),
+                {"variant": v, "hardware": r["hardware"], "seeds": [], "minutes": []},
+            )
+            row["seeds"].append(s)
+            if r["train_s"] is not None:
+                row["minutes"].append(r["train_s"] / 60)
+    return list(out.values())
 
 
 def _fmt(st: Dict[str, Any], digits: int = 3) -> str:
@@ -364,7 +418,7 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 f"Take-off epoch: the first epoch (0-based) with validation {first['metric']} "
                 f"≥ {first['threshold']}",
                 "",
-                "| variant | median (range) | never | per seed |",
+                "| variant | median (range) | seeds that never reached it | per seed |",
                 "|---|---|---|---|",
             ]
             for v, by_seed in take["first_epoch"].items():
@@ -377,6 +431,20 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 )
                 seeds = ", ".join(f"{s}: {'never' if e is None else e}" for s, e in by_seed.items())
                 lines.append(f"| {v} | {mid} | {', '.join(never) or 'none'} | {seeds} |")
+    if result.get("compute"):
+        lines += [
+            "",
+            "Where the runs computed and how long they trained (mean step time x steps, from "
+            "log.txt; evaluation not included)",
+            "",
+            "| variant | machine | seeds | training minutes, median (range) |",
+            "|---|---|---|---|",
+        ]
+        for c in result["compute"]:
+            m = sorted(c["minutes"])
+            t = f"{statistics.median(m):.1f} ({m[0]:.1f}–{m[-1]:.1f})" if m else "n/a"
+            seeds = ", ".join(map(str, c["seeds"]))
+            lines.append(f"| {c['variant']} | {c['hardware']} | {seeds} | {t} |")
     return "\n".join(lines) + "\n"
 
 

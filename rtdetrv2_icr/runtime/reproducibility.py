@@ -156,6 +156,34 @@ def _git_commit() -> Optional[str]:
     return (out.stdout.strip() + ("+dirty" if dirty else "")) if out.returncode == 0 else None
 
 
+def _cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> Dict[str, Any]:
+    """What the run computed on: the processor, the kernels torch picked for it (their rounding
+    differs between AVX2 and AVX-512, which can decide a short run's take-off) and the GPUs."""
+    cuda = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
+    return {
+        "cpu": _cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "logical_cpus": os.cpu_count(),
+        "cuda_devices": cuda,
+    }
+
+
 def run_record(cfg, rt) -> Dict[str, Any]:
     import torchvision
 
@@ -175,6 +203,7 @@ def run_record(cfg, rt) -> Dict[str, Any]:
             "numpy": np.__version__,
         },
         "platform": platform.platform(),
+        "hardware": hardware(),
     }
 
 
