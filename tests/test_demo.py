@@ -34,7 +34,9 @@ def test_a_run_that_did_not_take_off_says_so_and_never_succeeds():
     assert "finished" not in text and "every target reached" not in text
     assert "vehicle/AP50 0.024 (target 0.70), plate/AP50 0.000 (target 0.50)" in lines[0]
     assert "Known take-off rate of this recipe: 6 of 10 seeds took off." in text
-    assert "--seed 1" in text and "epoches" in text
+    assert "--seed N" in text and "epoches" in text  # no advice given: the generic hint
+    ok, lines = verdict(report(0.5, 0.1), TARGETS, advice="python tools/demo.py --seed 2")
+    assert lines[-1] == "    What to try: python tools/demo.py --seed 2."
     # one target missed is a miss; a metric the report lacks is a miss
     assert not verdict(report(0.9, 0.49), TARGETS)[0]
     ok, lines = verdict({"coco": {}, "per_class": {}}, TARGETS)
@@ -47,3 +49,4 @@ def test_the_demo_configs_declare_targets_and_a_takeoff_rate():
         check_config(cfg, splits=())  # the demo section is a known key
         demo = cfg.get("demo")
         assert demo["targets"] == TARGETS and isinstance(demo["takeoff"], str), path
+        assert "--seed" in demo.get("advice", "--seed"), path

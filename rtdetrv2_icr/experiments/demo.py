@@ -6,6 +6,7 @@ demo config's ``demo`` section says what a good run reaches and how often the re
     demo:
       targets: {vehicle/AP50: 0.70, plate/AP50: 0.50}    # on the test split
       takeoff: "7 of 10 seeds took off in the take-off study (docs/results.md)"
+      advice: "python tools/demo.py --seed 2"               # what to try (optional)
 
 A run below a target ends with a verdict that says so, the known take-off rate and what to try,
 and a non-zero exit code; the success line is printed only over a run that reached every target.
@@ -36,11 +37,21 @@ def _metric(report: Dict[str, Any], name: str) -> Optional[float]:
     return (report.get("coco") or {}).get(name)
 
 
+GENERIC_ADVICE = (
+    "another seed (python tools/demo.py --seed N), or more epochs (-u epoches=N; the lr "
+    "schedule counts iterations, set lr_scheduler.total_steps too)"
+)
+
+
 def verdict(
-    report: Dict[str, Any], targets: Dict[str, float], takeoff: Optional[str] = None
+    report: Dict[str, Any],
+    targets: Dict[str, float],
+    takeoff: Optional[str] = None,
+    advice: Optional[str] = None,
 ) -> Tuple[bool, List[str]]:
     """Whether the evaluation ``report`` (metrics.json) reached every target, and the lines
-    that say so (with the known take-off rate and what to try when it did not)."""
+    that say so (with the known take-off rate and what to try, ``advice`` or a generic hint,
+    when it did not)."""
     misses, got = [], []
     for name, target in targets.items():
         value = _metric(report, name)
@@ -57,10 +68,7 @@ def verdict(
     ]
     if takeoff:
         lines.append(f"    Known take-off rate of this recipe: {takeoff}.")
-    lines += [
-        "    What to try: another seed (python tools/demo.py --seed 1), or more epochs "
-        "(-u epoches=12; the lr schedule counts iterations, set lr_scheduler.total_steps too)."
-    ]
+    lines.append(f"    What to try: {advice or GENERIC_ADVICE}.")
     return False, lines
 
 
@@ -124,7 +132,7 @@ def run_demo(
     times["total"] = time.time() - start + (install_seconds or 0.0)
 
     report = json.load(open(os.path.join(eval_dir, "metrics.json")))
-    ok, lines = verdict(report, targets, demo.get("takeoff"))
+    ok, lines = verdict(report, targets, demo.get("takeoff"), demo.get("advice"))
     print()
     print("\n".join(lines))
     print("    wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
