@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetrv2_icr.simulation.diou_protocol import ASPECT_RATIOS, SCALES, descend, diou_cases
+from rtdetrv2_icr.simulation.diou_protocol import SCALES, WH_RATIOS, descend, diou_cases
 from rtdetrv2_icr.simulation.distortion import cbbl_curves, iou_family_curves
 from rtdetrv2_icr.simulation.report import TrajectoryOptions, run
 from rtdetrv2_icr.simulation.table import compare, group_table, summarize
@@ -235,7 +235,7 @@ def test_diou_cases():
     assert torch.allclose(t[:, :2], torch.tensor([10.0, 10.0], dtype=torch.float64))
     assert torch.allclose(t[:, 2] * t[:, 3], torch.ones(len(c), dtype=torch.float64))
     ratios = sorted({round(v, 9) for v in (t[:, 2] / t[:, 3]).tolist()})
-    assert ratios == sorted(round(r, 9) for r in ASPECT_RATIOS)
+    assert ratios == sorted(round(r, 9) for r in WH_RATIOS)
     assert sorted({round(v, 9) for v in (a[:, 2] / a[:, 3]).tolist()}) == ratios
     assert sorted({round(v, 9) for v in (a[:, 2] * a[:, 3]).tolist()}) == sorted(SCALES)
     r = (a[:, :2] - 10.0).norm(dim=-1)

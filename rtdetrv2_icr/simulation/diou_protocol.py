@@ -43,7 +43,7 @@ from rtdetrv2_icr.ops.boxes import box_cxcywh_to_xyxy, paired_box_iou
 from rtdetrv2_icr.simulation.trajectory import LOSSES, step_schedule
 
 __all__ = [
-    "ASPECT_RATIOS",
+    "WH_RATIOS",
     "SCALES",
     "CENTRE",
     "RADIUS",
@@ -54,7 +54,7 @@ __all__ = [
     "run_diou_protocol",
 ]
 
-ASPECT_RATIOS = (1 / 4, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 4.0)  # w:h of targets and anchors
+WH_RATIOS = (1 / 4, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 4.0)  # w:h of targets and anchors
 SCALES = (0.5, 0.67, 0.75, 1.0, 1.33, 1.5, 2.0)  # anchor areas (the targets have area 1)
 CENTRE = (10.0, 10.0)
 RADIUS = 3.0
@@ -89,7 +89,7 @@ def diou_cases(points: int = 200, seed: int = 0, dtype=torch.float32) -> DiouCas
     r = RADIUS * torch.rand(points, generator=gen, dtype=torch.float64).sqrt()
     phi = 2 * math.pi * torch.rand(points, generator=gen, dtype=torch.float64)
     centres = torch.stack([CENTRE[0] + r * phi.cos(), CENTRE[1] + r * phi.sin()], -1)  # [P, 2]
-    aspect = torch.tensor(ASPECT_RATIOS, dtype=torch.float64)
+    aspect = torch.tensor(WH_RATIOS, dtype=torch.float64)
     area = torch.tensor(SCALES, dtype=torch.float64)
     anchor_wh = _wh(area[:, None], aspect[None, :]).reshape(-1, 2)  # [49, 2]
     target_wh = _wh(torch.ones_like(aspect), aspect)  # [7, 2]
