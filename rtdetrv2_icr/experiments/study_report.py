@@ -53,13 +53,18 @@ def _row(report: Dict[str, Any]) -> Dict[str, Optional[float]]:
     return row
 
 
-def _curve(log_path: str) -> List[Dict[str, Any]]:
-    """Validation numbers per epoch from a run's log.txt."""
+def _log_records(log_path: str) -> List[Dict[str, Any]]:
+    """A run's log.txt, one dict per epoch ([] when there is none)."""
     if not os.path.isfile(log_path):
         return []
+    with open(log_path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _curve(log: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Validation numbers per epoch from a run's log.txt records."""
     out = []
-    for line in open(log_path):
-        rec = json.loads(line)
+    for rec in log:
         if "val_AP50" in rec:
             point = {"epoch": rec["epoch"], "AP50": rec["val_AP50"], "AP50:95": rec["val_AP50:95"]}
             for cls, m in (rec.get("val_per_class") or {}).items():
@@ -71,14 +76,13 @@ def _curve(log_path: str) -> List[Dict[str, Any]]:
     return out
 
 
-def _training_seconds(log_path: str) -> Optional[float]:
-    """A run's training time from its log.txt: per epoch, the mean step time times the steps
-    (evaluation and start-up not included); None when a line lacks the step time."""
-    if not os.path.isfile(log_path):
+def _training_seconds(log: List[Dict[str, Any]]) -> Optional[float]:
+    """A run's training time from its log.txt records: per epoch, the mean step time times the
+    steps (evaluation and start-up not included); None without records or a step time."""
+    if not log:
         return None
     total, step = 0.0, 0
-    for line in open(log_path):
-        rec = json.loads(line)
+    for rec in log:
         if rec.get("train_time") is None:
             return None
         total += rec["train_time"] * (rec["global_step"] - step)
@@ -113,10 +117,11 @@ def collect(spec: StudySpec, root: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
     for v, s in spec.runs():
         if run_finished(root, v, s, spec.split):
             report = json.load(open(metrics_path(root, v, s, spec.split)))
+            log = _log_records(os.path.join(run_dir(root, v, s), "log.txt"))
             out[v][s] = {
                 "metrics": _row(report),
-                "curve": _curve(os.path.join(run_dir(root, v, s), "log.txt")),
-                "train_s": _training_seconds(os.path.join(run_dir(root, v, s), "log.txt")),
+                "curve": _curve(log),
+                "train_s": _training_seconds(log),
                 "hardware": _hardware(os.path.join(run_dir(root, v, s), "run.jsonl")),
             }
     return out
@@ -299,7 +304,7 @@ def summarize(spec: StudySpec, root: str, plots: bool = True) -> Dict[str, Any]:
 
 
 def _compute(runs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """Per (variant, machine): the runs, their seeds and training minutes (median, range)."""
+    """Per (variant, machine): its seeds and their training minutes."""
     out: Dict[tuple, Dict[str, Any]] = {}
     for v, by_seed in runs.items():
         for s, r in sorted(by_seed.items()):
